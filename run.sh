@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: `./run.sh demo` runs the main job on the embedded default,
+# `./run.sh test` runs every check CI runs. Both call `setup` first, which installs what is missing
+# into a cache outside the clone (ECHODISTILL_CACHE, default ~/.cache/echodistill) and skips what is
+# there, so repeated runs cost seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${ECHODISTILL_CACHE:-$HOME/.cache/echodistill}"
+
+# Versions are pinned together: tch 0.24.0 compiles only against libtorch 2.11.0.
+TORCH_VERSION=2.11.0
+CUDA_RUNTIME_VERSION=13.0.96
+CUPTI_VERSION=13.0.85
+OPEN_CLIP_VERSION=3.3.0
+TRANSFORMERS_VERSION=5.17.0
+TOKENIZERS_VERSION=0.23.3
+
+LIBTORCH_ROOT="$CACHE/libtorch-$TORCH_VERSION"
+PYENV="$CACHE/pyenv-transformers-$TRANSFORMERS_VERSION"
+CLIP_TOKENIZER="$CACHE/clip-tokenizer"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+pip_download() { # pip_download DEST SPEC...
+    local dest="$1"
+    shift
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_25_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dest" "$@"
+}
+
+setup_libtorch() {
+    if [[ -f "$LIBTORCH_ROOT/.complete" ]]; then
+        say "libtorch $TORCH_VERSION present at $LIBTORCH_ROOT/torch"
+        return
+    fi
+    say "installing libtorch $TORCH_VERSION from the PyPI torch wheel into $LIBTORCH_ROOT (about 550 MB, a few minutes)"
+    local tmp="$CACHE/tmp-libtorch"
+    rm -rf "$tmp" "$LIBTORCH_ROOT"
+    mkdir -p "$tmp/wheels" "$tmp/root"
+    pip_download "$tmp/wheels" "torch==$TORCH_VERSION" \
+        "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION"
+    # Only the C++ library and headers are needed; the nvidia trees satisfy libtorch_cpu.so's
+    # link to libcudart/libcupti through the wheel's own relative rpaths.
+    unzip -q "$tmp"/wheels/torch-*.whl 'torch/lib/*' 'torch/include/*' -d "$tmp/root"
+    for whl in "$tmp"/wheels/nvidia_*.whl; do
+        unzip -q "$whl" 'nvidia/*' -d "$tmp/root"
+    done
+    touch "$tmp/root/.complete"
+    mv "$tmp/root" "$LIBTORCH_ROOT"
+    rm -rf "$tmp"
+    say "libtorch ready: $LIBTORCH_ROOT/torch"
+}
+
+setup_python() {
+    if [[ -f "$PYENV/.complete" ]]; then
+        say "python reference env present at $PYENV"
+        return
+    fi
+    say "creating python reference env $PYENV (transformers $TRANSFORMERS_VERSION, for parity checks)"
+    rm -rf "$PYENV"
+    python3 -m venv "$PYENV"
+    "$PYENV/bin/pip" install -q "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION"
+    touch "$PYENV/.complete"
+}
+
+setup_clip_vocab() {
+    if [[ -f "$CLIP_TOKENIZER/.complete" ]]; then
+        say "CLIP tokenizer present at $CLIP_TOKENIZER"
+        return
+    fi
+    say "extracting the real CLIP BPE vocabulary from open-clip-torch $OPEN_CLIP_VERSION into $CLIP_TOKENIZER"
+    local tmp="$CACHE/tmp-openclip"
+    rm -rf "$tmp" "$CLIP_TOKENIZER"
+    mkdir -p "$tmp"
+    python3 -m pip download -q --no-deps -d "$tmp" "open-clip-torch==$OPEN_CLIP_VERSION"
+    unzip -q -o "$tmp"/open_clip_torch-*.whl 'open_clip/bpe_simple_vocab_16e6.txt.gz' -d "$tmp"
+    python3 "$ROOT/tests/scripts/openclip_vocab.py" "$tmp/open_clip/bpe_simple_vocab_16e6.txt.gz" "$tmp/tokenizer"
+    touch "$tmp/tokenizer/.complete"
+    mv "$tmp/tokenizer" "$CLIP_TOKENIZER"
+    rm -rf "$tmp"
+}
+
+setup_rust() {
+    if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+        say "rust target wasm32-unknown-unknown present"
+    else
+        say "adding rust target wasm32-unknown-unknown"
+        timeout 600 rustup target add wasm32-unknown-unknown
+    fi
+}
+
+setup() {
+    mkdir -p "$CACHE"
+    setup_libtorch
+    setup_python
+    setup_clip_vocab
+    setup_rust
+}
+
+export_env() {
+    export LIBTORCH="$LIBTORCH_ROOT/torch"
+    export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export ECHODISTILL_CACHE="$CACHE"
+    export ECHODISTILL_CLIP_TOKENIZER="$CLIP_TOKENIZER"
+    export ECHODISTILL_PYTHON="$PYENV/bin/python"
+}
+
+demo() {
+    cd "$ROOT"
+    say "building trainer and exporter (release)"
+    cargo build --release -p trainer -p exporter
+    local out="$ROOT/target/demo"
+    rm -rf "$out"
+    mkdir -p "$out"
+    echo "== the libtorch this trainer runs on"
+    ./target/release/trainer env
+    echo
+    echo "== a personalized prompt: <new1> is added to the real CLIP vocabulary and kept whole"
+    ./target/release/trainer tokenize --tokenizer "$CLIP_TOKENIZER" --add-token '<new1>' \
+        --prompt 'a <new1> dog on the beach'
+    echo
+    echo "== the tokenizer of a runtime bundle, written with <new1> and read back"
+    ./target/release/exporter tokenizer --from "$CLIP_TOKENIZER" --add-token '<new1>' \
+        --out "$out/tokenizer"
+    ./target/release/trainer tokenize --tokenizer "$out/tokenizer" --json \
+        --prompt 'A <NEW1> dog wearing a red hat!'
+    echo
+    echo "== tokenizer throughput"
+    ./target/release/trainer bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
+}
+
+test_all() {
+    cd "$ROOT"
+    say "cargo fmt --check"
+    cargo fmt --all --check
+    say "cargo clippy --all-targets -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
+    say "the web crate (and the runtime core under it) builds for wasm32"
+    cargo build --target wasm32-unknown-unknown -p web
+    say "cargo test (binaries first: the integration tests run them)"
+    cargo build --workspace --bins
+    cargo test --workspace
+}
+
+usage() {
+    cat <<USAGE
+usage: ./run.sh <command>
+  demo    set up, then run the main job on the embedded default
+  test    set up, then run every check (fmt, clippy, wasm build, all tests)
+  setup   install what is missing into $CACHE and print what it did
+  env     print the environment exports (eval "\$(./run.sh env)" to build by hand)
+USAGE
+}
+
+case "${1:-}" in
+    demo) setup; export_env; demo ;;
+    test) setup; export_env; test_all ;;
+    setup) setup ;;
+    env)
+        export_env
+        for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON; do
+            printf 'export %s=%q\n' "$v" "${!v}"
+        done
+        ;;
+    *) usage; exit 2 ;;
+esac

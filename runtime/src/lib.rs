@@ -1,0 +1,16 @@
+//! The EchoDistill runtime.
+//!
+//! Two layers live here. The framework-free core builds for every target, wasm32 included, and is
+//! shared by the trainer (tch), the exporter and the web page:
+//! - [`tokenizer`]: the CLIP byte-level BPE tokenizer of Stable Diffusion, with added modifier
+//!   tokens such as `<new1>`.
+//!
+//! The ONNX Runtime layer ([`onnx`], behind the default `ort` feature) serves one-step generation
+//! to native applications.
+
+pub mod tokenizer;
+
+#[cfg(feature = "ort")]
+pub mod onnx;
+
+pub use tokenizer::{ClipTokenizer, Encoding, TokenizerError, TokenizerFiles};

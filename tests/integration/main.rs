@@ -1,0 +1,5 @@
+//! The workspace's one integration-test binary; each module guards one contract.
+
+mod cli_errors;
+mod tokenizer_parity;
+mod written_tokenizer;

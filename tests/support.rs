@@ -1,0 +1,69 @@
+//! Shared helpers for the integration tests: where the real CLIP vocabulary, the workspace's
+//! binaries, the Python reference environment and the committed fixtures are.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives inside the workspace")
+        .to_path_buf()
+}
+
+/// A committed fixture under `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A path from an environment variable that `./run.sh` exports; the message says how to get it.
+fn setup_path(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
+        Some(p) => panic!(
+            "{var}={} does not exist: run ./run.sh setup",
+            Path::new(&p).display()
+        ),
+        None => panic!(
+            "{var} is not set: run the tests through ./run.sh test (or eval \"$(./run.sh env)\")"
+        ),
+    }
+}
+
+/// The real CLIP tokenizer folder that setup builds from the open-clip-torch wheel.
+pub fn clip_tokenizer_dir() -> PathBuf {
+    setup_path("ECHODISTILL_CLIP_TOKENIZER")
+}
+
+/// The Python interpreter of setup's reference environment (transformers).
+pub fn reference_python() -> PathBuf {
+    setup_path("ECHODISTILL_PYTHON")
+}
+
+/// A workspace binary (trainer, exporter, ...), built by `cargo build --workspace --bins`.
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a workspace binary with `args` and returns its output.
+pub fn run_binary(name: &str, args: &[&str]) -> Output {
+    Command::new(binary(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
