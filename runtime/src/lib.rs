@@ -8,9 +8,13 @@
 //! The ONNX Runtime layer ([`onnx`], behind the default `ort` feature) serves one-step generation
 //! to native applications.
 
+pub mod rng;
+pub mod scheduler;
 pub mod tokenizer;
 
 #[cfg(feature = "ort")]
 pub mod onnx;
 
+pub use rng::GaussianRng;
+pub use scheduler::{Scheduler, SchedulerConfig};
 pub use tokenizer::{ClipTokenizer, Encoding, TokenizerError, TokenizerFiles};

@@ -1,5 +1,6 @@
 //! The workspace's one integration-test binary; each module guards one contract.
 
 mod cli_errors;
+mod scheduler_parity;
 mod tokenizer_parity;
 mod written_tokenizer;
