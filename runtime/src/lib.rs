@@ -8,6 +8,7 @@
 //! The ONNX Runtime layer ([`onnx`], behind the default `ort` feature) serves one-step generation
 //! to native applications.
 
+pub mod image_tensor;
 pub mod rng;
 pub mod scheduler;
 pub mod tokenizer;

@@ -1,6 +1,7 @@
 //! The workspace's one integration-test binary; each module guards one contract.
 
 mod cli_errors;
+mod model_parity;
 mod scheduler_parity;
 mod tokenizer_parity;
 mod written_tokenizer;

@@ -18,8 +18,66 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure tokenizer throughput (prompts and tokens per second, one thread).
     BenchTokenize(BenchTokenizeArgs),
+    /// Generate an image: the student in 1-4 steps, or the teacher with DDIM and guidance.
+    Sample(Box<SampleArgs>),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
+}
+
+/// Where and in what precision networks run.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Weight and activation precision: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Weight-file variant to prefer, e.g. `fp16` (diffusers' `variant`).
+    #[arg(long)]
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// A diffusers model folder or a Hugging Face repo id (e.g. stabilityai/sd-turbo).
+    #[arg(long, value_name = "DIR|REPO")]
+    pub model: String,
+    /// What to draw.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: String,
+    /// What to steer away from (used only with guidance above 1).
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    pub negative_prompt: String,
+    /// Denoising steps (1 for the one-step student; the teacher defaults to 25 in training).
+    #[arg(long, default_value_t = 1)]
+    pub steps: usize,
+    /// Seed of the runtime core's Gaussian generator (the same image in trainer, runtime, web).
+    #[arg(long, default_value_t = 0, conflicts_with = "noise")]
+    pub seed: u64,
+    /// A safetensors file with `noise` (and `step_noise` for ancestral steps) instead of a seed.
+    #[arg(long, value_name = "FILE")]
+    pub noise: Option<PathBuf>,
+    /// Classifier-free guidance scale; 0 (off) for the student, 7.5 for the teacher.
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance: f64,
+    /// Scheduler: the checkpoint's own by default; `euler-ancestral` is the paper's student sampler.
+    #[arg(long, value_parser = ["euler", "euler-ancestral", "ddim"])]
+    pub scheduler: Option<String>,
+    /// Image height in pixels (default: the UNet's sample size times the VAE's factor).
+    #[arg(long)]
+    pub height: Option<i64>,
+    /// Image width in pixels (default: as height).
+    #[arg(long)]
+    pub width: Option<i64>,
+    /// Where to write the PNG.
+    #[arg(long, default_value = "sample.png", value_name = "PNG")]
+    pub out: PathBuf,
+    /// Also write the final latents (safetensors, tensor `latents`).
+    #[arg(long, value_name = "FILE")]
+    pub save_latents: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Where the tokenizer comes from.

@@ -2,6 +2,7 @@
 
 mod bench_tokenize;
 mod env;
+mod sample;
 mod tokenize;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Tokenize(args) => tokenize::run(&args),
         Command::BenchTokenize(args) => bench_tokenize::run(&args),
+        Command::Sample(args) => sample::run(&args),
         Command::Env => env::run(),
     }
 }

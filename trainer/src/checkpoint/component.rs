@@ -1,0 +1,181 @@
+//! One component folder of a diffusers model (`unet/`, `vae/`, `text_encoder/`): its config and
+//! weights, in fp32 or a variant such as fp16, sharded or not.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tch::{nn, Device, Kind};
+
+use super::{load_strict, read_tensors, shown};
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::unet_2d_condition::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+
+/// A component folder and the base name of its weight files.
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// The folder, e.g. `sd-turbo/unet`.
+    pub dir: PathBuf,
+    /// `diffusion_pytorch_model` (diffusers) or `model` (transformers).
+    pub weights_name: &'static str,
+}
+
+/// Where and how to put the loaded weights.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// cpu or cuda.
+    pub device: Device,
+    /// f32, f16 or bf16.
+    pub kind: Kind,
+    /// A weight-file variant such as `fp16`; `None` prefers the plain file.
+    pub variant: Option<&'a str>,
+}
+
+/// A network with the store that owns its weights.
+pub struct Loaded<M> {
+    /// The weights.
+    pub vs: nn::VarStore,
+    /// The network.
+    pub model: M,
+}
+
+impl Component {
+    /// A component folder, checked to exist.
+    pub fn open(dir: &Path, weights_name: &'static str) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!(
+                "{} not found: pass a diffusers model folder (with model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                shown(dir)
+            );
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            weights_name,
+        })
+    }
+
+    /// The text of `config.json`.
+    pub fn config_text(&self) -> Result<String> {
+        let path = self.dir.join("config.json");
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", shown(&path)))
+    }
+
+    /// The safetensors files holding the weights: `NAME[.variant].safetensors`, or the shards
+    /// an `…safetensors.index.json` lists. Pickle `.bin` files are refused with a conversion hint.
+    pub fn weight_files(&self, variant: Option<&str>) -> Result<Vec<PathBuf>> {
+        let base = self.weights_name;
+        let mut candidates = Vec::new();
+        if let Some(v) = variant {
+            candidates.push(format!("{base}.{v}.safetensors"));
+        }
+        candidates.push(format!("{base}.safetensors"));
+        if variant.is_none() {
+            // Only a half-precision file shipped: use it (weights are converted on load).
+            candidates.push(format!("{base}.fp16.safetensors"));
+        }
+        for name in &candidates {
+            let single = self.dir.join(name);
+            if single.is_file() {
+                return Ok(vec![single]);
+            }
+            let index = self.dir.join(format!("{name}.index.json"));
+            if index.is_file() {
+                return self.shards(&index);
+            }
+        }
+        for pickle in [
+            format!("{base}.bin"),
+            format!("{base}.fp16.bin"),
+            format!("{base}.ckpt"),
+        ] {
+            let path = self.dir.join(&pickle);
+            if path.is_file() {
+                bail!(
+                    "{} is a pickle checkpoint, which is not read (loading pickles can run code). Convert it once with diffusers/transformers: `Model.from_pretrained(\"{}\").save_pretrained(\"{}\", safe_serialization=True)`",
+                    shown(&path),
+                    shown(&self.dir),
+                    shown(&self.dir)
+                );
+            }
+        }
+        bail!(
+            "{}: no weights found (looked for {})",
+            shown(&self.dir),
+            candidates.join(", ")
+        )
+    }
+
+    fn shards(&self, index: &Path) -> Result<Vec<PathBuf>> {
+        let text = std::fs::read_to_string(index)
+            .with_context(|| format!("cannot read {}", shown(index)))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed JSON", shown(index)))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{}: no weight_map", shown(index)))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(|f| self.dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+
+    /// Builds a network with `build` in a fresh store and loads the weights strictly. When
+    /// `prefix` is given and no tensor name starts with it, it is prepended to every name
+    /// (transformers 5 saves `CLIPTextModel` without its `text_model.` prefix; 4 with it).
+    fn load<M>(
+        &self,
+        opts: LoadOptions,
+        prefix: Option<&str>,
+        build: impl FnOnce(nn::Path) -> Result<M>,
+    ) -> Result<Loaded<M>> {
+        let files = self.weight_files(opts.variant)?;
+        let mut vs = nn::VarStore::new(opts.device);
+        let model = build(vs.root())?;
+        let mut tensors = read_tensors(&files)?;
+        if let Some(prefix) = prefix {
+            if !tensors.keys().any(|k| k.starts_with(prefix)) {
+                tensors = tensors
+                    .into_iter()
+                    .map(|(k, v)| (format!("{prefix}{k}"), v))
+                    .collect();
+            }
+        }
+        load_strict(&vs, &tensors, &shown(&self.dir))?;
+        drop(tensors);
+        vs.set_kind(opts.kind);
+        vs.freeze();
+        Ok(Loaded { vs, model })
+    }
+}
+
+/// A UNet folder (`unet/` of a model folder).
+pub fn load_unet(dir: &Path, opts: LoadOptions) -> Result<Loaded<UNet2DConditionModel>> {
+    let c = Component::open(dir, "diffusion_pytorch_model")?;
+    let config = UNetConfig::from_json(&c.config_text()?)
+        .with_context(|| format!("{}/config.json", shown(&c.dir)))?;
+    c.load(opts, None, |p| UNet2DConditionModel::new(p, config))
+        .with_context(|| format!("loading the UNet from {}", shown(&c.dir)))
+}
+
+/// A text encoder folder (`text_encoder/` of a model folder).
+pub fn load_text_encoder(dir: &Path, opts: LoadOptions) -> Result<Loaded<ClipTextModel>> {
+    let c = Component::open(dir, "model")?;
+    let config = ClipTextConfig::from_json(&c.config_text()?)
+        .with_context(|| format!("{}/config.json", shown(&c.dir)))?;
+    c.load(opts, Some("text_model."), |p| ClipTextModel::new(p, config))
+        .with_context(|| format!("loading the text encoder from {}", shown(&c.dir)))
+}
+
+/// A VAE folder (`vae/` of a model folder).
+pub fn load_vae(dir: &Path, opts: LoadOptions) -> Result<Loaded<AutoencoderKL>> {
+    let c = Component::open(dir, "diffusion_pytorch_model")?;
+    let config = VaeConfig::from_json(&c.config_text()?)
+        .with_context(|| format!("{}/config.json", shown(&c.dir)))?;
+    c.load(opts, None, |p| Ok(AutoencoderKL::new(p, config)))
+        .with_context(|| format!("loading the VAE from {}", shown(&c.dir)))
+}

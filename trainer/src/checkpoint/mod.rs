@@ -1,0 +1,105 @@
+//! Loading networks from diffusers/transformers checkpoint folders.
+//!
+//! [`model_dir`] finds the model folder (local, or a Hugging Face repo id in the hub cache);
+//! [`component`] reads one component's `config.json` and safetensors files; [`load_strict`]
+//! copies the tensors into a tch `VarStore` only if every name and shape matches.
+
+pub mod component;
+pub mod hub;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tch::{nn, Tensor};
+
+pub use component::{load_text_encoder, load_unet, load_vae, Component, LoadOptions, Loaded};
+pub use hub::model_dir;
+
+/// Tensors that checkpoints may carry but that are not weights (transformers' CLIP saves its
+/// position-id buffer in older files).
+fn ignorable(name: &str) -> bool {
+    name.ends_with("position_ids")
+}
+
+/// How many names of each kind an error lists before "and N more".
+const LIST_LIMIT: usize = 12;
+
+fn list(names: &[String]) -> String {
+    let mut text: Vec<String> = names.iter().take(LIST_LIMIT).cloned().collect();
+    if names.len() > LIST_LIMIT {
+        text.push(format!("... and {} more", names.len() - LIST_LIMIT));
+    }
+    text.join(", ")
+}
+
+/// Reads every tensor of `files` (one checkpoint, possibly sharded).
+pub fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
+    let mut tensors = HashMap::new();
+    for file in files {
+        let read = Tensor::read_safetensors(file).with_context(|| {
+            format!(
+                "cannot read {}: not a complete safetensors file (truncated or corrupt download?)",
+                file.display()
+            )
+        })?;
+        tensors.extend(read);
+    }
+    Ok(tensors)
+}
+
+/// Copies `tensors` into `vs`, failing with the lists of missing and unexpected names and of
+/// shape mismatches unless they match exactly. `what` names the component in the error.
+pub fn load_strict(vs: &nn::VarStore, tensors: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+    let vars = vs.variables();
+    let expected: BTreeSet<&String> = vars.keys().collect();
+    let found: BTreeSet<&String> = tensors.keys().filter(|n| !ignorable(n)).collect();
+    let missing: Vec<String> = expected.difference(&found).map(|s| s.to_string()).collect();
+    let unexpected: Vec<String> = found.difference(&expected).map(|s| s.to_string()).collect();
+    let mismatched: Vec<String> = expected
+        .intersection(&found)
+        .filter(|n| vars[**n].size() != tensors[**n].size())
+        .map(|n| {
+            format!(
+                "{n}: model {:?}, file {:?}",
+                vars[*n].size(),
+                tensors[*n].size()
+            )
+        })
+        .collect();
+    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
+        let mut msg = format!(
+            "{what}: the checkpoint does not match the architecture its config.json describes"
+        );
+        for (label, names) in [
+            ("missing", &missing),
+            ("unexpected", &unexpected),
+            ("shape mismatch", &mismatched),
+        ] {
+            if !names.is_empty() {
+                msg.push_str(&format!("\n  {label} ({}): {}", names.len(), list(names)));
+            }
+        }
+        bail!(msg);
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in &vars {
+            let mut var = var.shallow_clone();
+            var.f_copy_(&tensors[name])
+                .with_context(|| format!("{what}: copying {name}"))?;
+        }
+        Ok(())
+    })
+}
+
+/// The names `vs` expects, sorted: what a checkpoint for this architecture must contain.
+pub fn expected_names(vs: &nn::VarStore) -> Vec<String> {
+    let mut names: Vec<String> = vs.variables().into_keys().collect();
+    names.sort();
+    names
+}
+
+/// A path for messages.
+pub(crate) fn shown(path: &Path) -> String {
+    path.display().to_string()
+}

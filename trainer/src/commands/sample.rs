@@ -1,0 +1,160 @@
+//! `trainer sample`: one image from a diffusers model, written as PNG.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use runtime::scheduler::SchedulerKind;
+use tch::{Device, Kind, Tensor};
+use trainer::checkpoint::{model_dir, LoadOptions};
+use trainer::sampling::{NoiseSource, Pipeline, SampleRequest};
+
+use crate::cli::{DeviceArgs, SampleArgs};
+
+/// Parses `--device` and `--dtype`.
+pub fn device_and_kind(args: &DeviceArgs) -> Result<(Device, Kind)> {
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => bail!("--device {other:?}: use cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(n) = device {
+        let available = tch::Cuda::device_count() as usize;
+        if n >= available {
+            bail!(
+                "--device {}: this machine has {available} CUDA device(s) visible to libtorch{}",
+                args.device,
+                if cfg!(feature = "cuda") {
+                    ""
+                } else {
+                    " (and this trainer was built without the `cuda` feature)"
+                }
+            );
+        }
+    }
+    let kind = match args.dtype.as_str() {
+        "f32" => Kind::Float,
+        "f16" => Kind::Half,
+        "bf16" => Kind::BFloat16,
+        other => bail!("--dtype {other:?}: use f32, f16 or bf16"),
+    };
+    Ok((device, kind))
+}
+
+/// Writes through a temporary file beside `path`, then renames it into place.
+pub fn write_beside(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    write(&tmp)
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Saves the first image of a (batch, 3, h, w) tensor in [-1, 1] as PNG.
+pub fn save_png(images: &Tensor, path: &Path) -> Result<()> {
+    let (_, _, h, w) = images.size4()?;
+    let chw: Vec<f32> = Vec::try_from(
+        images
+            .get(0)
+            .flatten(0, -1)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu),
+    )?;
+    let rgb = runtime::image_tensor::chw_to_rgb8(&chw, h as usize, w as usize);
+    let img = image::RgbImage::from_raw(w as u32, h as u32, rgb).context("image buffer size")?;
+    write_beside(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
+fn scheduler_kind(name: Option<&str>) -> Option<SchedulerKind> {
+    match name? {
+        "euler" => Some(SchedulerKind::Euler),
+        "euler-ancestral" => Some(SchedulerKind::EulerAncestral),
+        _ => Some(SchedulerKind::Ddim),
+    }
+}
+
+pub fn run(args: &SampleArgs) -> Result<()> {
+    let (device, kind) = device_and_kind(&args.device)?;
+    if args
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+        != Some("png")
+    {
+        bail!(
+            "--out {}: the image is written as PNG, so name it *.png",
+            args.out.display()
+        );
+    }
+    let noise = match &args.noise {
+        Some(path) => NoiseSource::from_file(path)?,
+        None => NoiseSource::Seed(args.seed),
+    };
+    let dir = model_dir(&args.model)?;
+    let start = Instant::now();
+    let pipeline = Pipeline::load(
+        &dir,
+        LoadOptions {
+            device,
+            kind,
+            variant: args.device.variant.as_deref(),
+        },
+    )?;
+    let load_secs = start.elapsed().as_secs_f64();
+    let factor = pipeline.vae.model.config().downscale_factor();
+    let default_size = pipeline
+        .unet
+        .model
+        .config()
+        .sample_size
+        .as_ref()
+        .and_then(|v| v.as_i64())
+        .map_or(512, |s| s * factor);
+    let height = args.height.unwrap_or(default_size);
+    let request = SampleRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.steps,
+        guidance: args.guidance,
+        scheduler: scheduler_kind(args.scheduler.as_deref()),
+        height,
+        width: args.width.unwrap_or(height),
+    };
+    let start = Instant::now();
+    let out = pipeline.sample(&request, &noise)?;
+    let secs = start.elapsed().as_secs_f64();
+    save_png(&out.images, &args.out)?;
+    if let Some(path) = &args.save_latents {
+        write_beside(path, |tmp| {
+            Tensor::write_safetensors(&[("latents", &out.latents.to_device(Device::Cpu))], tmp)
+                .with_context(|| format!("cannot write {}", path.display()))
+        })?;
+    }
+    println!(
+        "wrote {} ({}x{}, {} step(s) at t = {:?}, loaded in {load_secs:.1} s, sampled in {secs:.2} s)",
+        args.out.display(),
+        request.width,
+        request.height,
+        args.steps,
+        out.timesteps
+    );
+    Ok(())
+}
