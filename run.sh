@@ -15,10 +15,12 @@ CUPTI_VERSION=13.0.85
 OPEN_CLIP_VERSION=3.3.0
 TRANSFORMERS_VERSION=5.17.0
 TOKENIZERS_VERSION=0.23.3
+DIFFUSERS_VERSION=0.42.1
 
 LIBTORCH_ROOT="$CACHE/libtorch-$TORCH_VERSION"
 PYENV="$CACHE/pyenv-transformers-$TRANSFORMERS_VERSION"
 CLIP_TOKENIZER="$CACHE/clip-tokenizer"
+GOLDENS_ENV="$CACHE/pyenv-goldens"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -114,21 +116,38 @@ demo() {
     local out="$ROOT/target/demo"
     rm -rf "$out"
     mkdir -p "$out"
+    local trainer="$ROOT/target/release/trainer"
     echo "== the libtorch this trainer runs on"
-    ./target/release/trainer env
+    "$trainer" env
     echo
     echo "== a personalized prompt: <new1> is added to the real CLIP vocabulary and kept whole"
-    ./target/release/trainer tokenize --tokenizer "$CLIP_TOKENIZER" --add-token '<new1>' \
+    "$trainer" tokenize --tokenizer "$CLIP_TOKENIZER" --add-token '<new1>' \
         --prompt 'a <new1> dog on the beach'
     echo
     echo "== the tokenizer of a runtime bundle, written with <new1> and read back"
     ./target/release/exporter tokenizer --from "$CLIP_TOKENIZER" --add-token '<new1>' \
         --out "$out/tokenizer"
-    ./target/release/trainer tokenize --tokenizer "$out/tokenizer" --json \
+    "$trainer" tokenize --tokenizer "$out/tokenizer" --json \
         --prompt 'A <NEW1> dog wearing a red hat!'
     echo
-    echo "== tokenizer throughput"
-    ./target/release/trainer bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
+    echo "== the embedded default model: SD-Turbo's architecture scaled down, seeded random weights"
+    "$trainer" init-tiny --out "$out/tiny-student" --tokenizer "$CLIP_TOKENIZER"
+    "$trainer" init-tiny --out "$out/tiny-teacher" --architecture tiny-teacher --tokenizer "$CLIP_TOKENIZER"
+    echo
+    echo "== one-step student generation (random weights draw noise-like pictures; the pipeline is real)"
+    "$trainer" sample --model "$out/tiny-student" --prompt 'a dog on the beach' --seed 0 \
+        --out "$out/student-1step.png"
+    "$trainer" sample --model "$out/tiny-student" --prompt 'a dog on the beach' --seed 0 --steps 4 \
+        --scheduler euler-ancestral --out "$out/student-4step-ancestral.png"
+    echo "== the teacher: 25 DDIM steps with classifier-free guidance 7.5"
+    "$trainer" sample --model "$out/tiny-teacher" --prompt 'a dog on the beach' --seed 0 --steps 25 \
+        --guidance 7.5 --out "$out/teacher-25step.png"
+    echo
+    echo "== benchmarks"
+    "$trainer" bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
+    "$trainer" bench-sample --model "$out/tiny-student" --iters 10
+    echo
+    echo "demo outputs are in $out"
 }
 
 test_all() {
@@ -144,12 +163,38 @@ test_all() {
     cargo test --workspace
 }
 
+# The reference environment that regenerates the committed goldens: full PyTorch (2.7 GB of
+# wheels) with diffusers and transformers. Only `./run.sh goldens` needs it; tests do not.
+setup_goldens_env() {
+    if [[ -f "$GOLDENS_ENV/.complete" ]]; then
+        say "goldens env present at $GOLDENS_ENV"
+        return
+    fi
+    say "creating $GOLDENS_ENV (torch $TORCH_VERSION, diffusers $DIFFUSERS_VERSION, transformers $TRANSFORMERS_VERSION; several GB)"
+    rm -rf "$GOLDENS_ENV"
+    python3 -m venv "$GOLDENS_ENV"
+    "$GOLDENS_ENV/bin/pip" install -q "torch==$TORCH_VERSION" "diffusers==$DIFFUSERS_VERSION" \
+        "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" safetensors
+    touch "$GOLDENS_ENV/.complete"
+}
+
+goldens() {
+    cd "$ROOT"
+    setup_goldens_env
+    local dreambench="${ECHODISTILL_DREAMBENCH:-$ROOT/../shared/datasets/dreambooth}"
+    "$PYENV/bin/python" tests/scripts/make_tokenizer_goldens.py --tokenizer "$CLIP_TOKENIZER" \
+        --dreambench "$dreambench" --out tests/fixtures/tokenizer_goldens.json
+    "$GOLDENS_ENV/bin/python" tests/scripts/make_scheduler_goldens.py --out tests/fixtures/scheduler_goldens.json
+    "$GOLDENS_ENV/bin/python" tests/scripts/make_model_goldens.py --out tests/fixtures/models
+}
+
 usage() {
     cat <<USAGE
 usage: ./run.sh <command>
   demo    set up, then run the main job on the embedded default
   test    set up, then run every check (fmt, clippy, wasm build, all tests)
   setup   install what is missing into $CACHE and print what it did
+  goldens regenerate the committed reference fixtures (installs PyTorch + diffusers once)
   env     print the environment exports (eval "\$(./run.sh env)" to build by hand)
 USAGE
 }
@@ -158,6 +203,7 @@ case "${1:-}" in
     demo) setup; export_env; demo ;;
     test) setup; export_env; test_all ;;
     setup) setup ;;
+    goldens) setup; export_env; goldens ;;
     env)
         export_env
         for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON; do

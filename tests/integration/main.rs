@@ -1,7 +1,9 @@
 //! The workspace's one integration-test binary; each module guards one contract.
 
 mod cli_errors;
+mod init_tiny;
 mod model_parity;
+mod sample_errors;
 mod scheduler_parity;
 mod tokenizer_parity;
 mod written_tokenizer;

@@ -20,8 +20,44 @@ pub enum Command {
     BenchTokenize(BenchTokenizeArgs),
     /// Generate an image: the student in 1-4 steps, or the teacher with DDIM and guidance.
     Sample(Box<SampleArgs>),
+    /// Write a seeded random-weight model in the diffusers layout (tiny by default).
+    InitTiny(InitTinyArgs),
+    /// Measure one-step generation: milliseconds per image, with the text encoder, UNet and VAE apart.
+    BenchSample(Box<BenchSampleArgs>),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
+}
+
+#[derive(Debug, Args)]
+pub struct InitTinyArgs {
+    /// The model folder to create.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// tiny-student (SD-Turbo scaled down), tiny-teacher (upcast attention, DDIM, v-prediction)
+    /// or sd-turbo (full size, for benchmarks).
+    #[arg(long, default_value = "tiny-student")]
+    pub architecture: String,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The real CLIP tokenizer folder to copy.
+    #[arg(long, env = "ECHODISTILL_CLIP_TOKENIZER", value_name = "DIR")]
+    pub tokenizer: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSampleArgs {
+    /// A diffusers model folder or repo id.
+    #[arg(long, value_name = "DIR|REPO")]
+    pub model: String,
+    /// Timed images after the warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Image height and width in pixels (default: the model's own).
+    #[arg(long)]
+    pub size: Option<i64>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Where and in what precision networks run.

@@ -1,7 +1,9 @@
 //! One module per command.
 
+mod bench_sample;
 mod bench_tokenize;
 mod env;
+mod init_tiny;
 mod sample;
 mod tokenize;
 
@@ -18,6 +20,8 @@ pub fn run(command: Command) -> Result<()> {
         Command::Tokenize(args) => tokenize::run(&args),
         Command::BenchTokenize(args) => bench_tokenize::run(&args),
         Command::Sample(args) => sample::run(&args),
+        Command::InitTiny(args) => init_tiny::run(&args),
+        Command::BenchSample(args) => bench_sample::run(&args),
         Command::Env => env::run(),
     }
 }

@@ -1,0 +1,191 @@
+//! Seeded random-weight models in the diffusers layout, for tests, the demo and benchmarks.
+//!
+//! The architectures are config folders under `trainer/configs/` (embedded in the binary):
+//! `tiny-student` is SD-Turbo scaled down with every code path kept (four levels, three with
+//! cross-attention, 1/2/4 heads, linear projections, Euler trailing, epsilon), `tiny-teacher`
+//! the same with upcast attention, DDIM and v-prediction, and `sd-turbo` the full-size
+//! architecture for benchmarks. The tokenizer is copied from a real CLIP tokenizer folder.
+//! Weights come from the runtime core's Gaussian generator, so a seed gives the same files on
+//! every machine.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use runtime::{ClipTokenizer, GaussianRng};
+use tch::{nn, Device, Tensor};
+
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::unet_2d_condition::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+
+/// An embedded architecture: its name and (path inside the model folder, config text) pairs.
+pub struct Architecture {
+    /// Its name on the command line.
+    pub name: &'static str,
+    files: [(&'static str, &'static str); 5],
+}
+
+macro_rules! architecture {
+    ($name:literal) => {
+        Architecture {
+            name: $name,
+            files: [
+                (
+                    "model_index.json",
+                    include_str!(concat!("../configs/", $name, "/model_index.json")),
+                ),
+                (
+                    "unet/config.json",
+                    include_str!(concat!("../configs/", $name, "/unet/config.json")),
+                ),
+                (
+                    "vae/config.json",
+                    include_str!(concat!("../configs/", $name, "/vae/config.json")),
+                ),
+                (
+                    "text_encoder/config.json",
+                    include_str!(concat!("../configs/", $name, "/text_encoder/config.json")),
+                ),
+                (
+                    "scheduler/scheduler_config.json",
+                    include_str!(concat!(
+                        "../configs/",
+                        $name,
+                        "/scheduler/scheduler_config.json"
+                    )),
+                ),
+            ],
+        }
+    };
+}
+
+/// Every embedded architecture.
+pub fn architectures() -> [Architecture; 3] {
+    [
+        architecture!("tiny-student"),
+        architecture!("tiny-teacher"),
+        architecture!("sd-turbo"),
+    ]
+}
+
+impl Architecture {
+    /// Looks an architecture up by name.
+    pub fn named(name: &str) -> Result<Self> {
+        let all = architectures();
+        let names: Vec<&str> = all.iter().map(|a| a.name).collect();
+        match all.into_iter().find(|a| a.name == name) {
+            Some(a) => Ok(a),
+            None => bail!(
+                "unknown architecture {name:?}: choose one of {}",
+                names.join(", ")
+            ),
+        }
+    }
+
+    fn config(&self, path: &str) -> &'static str {
+        self.files
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or("", |(_, text)| text)
+    }
+}
+
+/// Fills every variable of `vs` from `rng`, in name order: matrices and kernels with
+/// N(0, 1/fan_in), norm scales around 1, biases and vectors small.
+fn fill(vs: &nn::VarStore, rng: &mut GaussianRng) {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            let size = var.size();
+            let numel: i64 = size.iter().product();
+            let noise = Tensor::from_slice(&rng.normal(numel as usize)).view(size.as_slice());
+            let value = if size.len() >= 2 {
+                let fan_in = numel / size[0];
+                noise / (fan_in as f64).sqrt()
+            } else if name.ends_with("weight") {
+                noise * 0.1 + 1.0
+            } else {
+                noise * 0.05
+            };
+            var.copy_(&value);
+        }
+    });
+}
+
+fn save(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&vars, path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes a random-weight model of `arch` to `out` (which must not exist yet), copying the
+/// tokenizer from `tokenizer_dir`. The folder is assembled beside `out` and renamed into place.
+pub fn write_random_model(
+    arch: &Architecture,
+    out: &Path,
+    tokenizer_dir: &Path,
+    seed: u64,
+) -> Result<()> {
+    if out.exists() {
+        bail!(
+            "{} already exists: choose another --out or remove it",
+            out.display()
+        );
+    }
+    let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} is not a folder path", out.display()))?;
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        for (path, text) in arch.files {
+            let file = tmp.join(path);
+            std::fs::create_dir_all(file.parent().context("config path")?)?;
+            std::fs::write(&file, text)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        tokenizer.save_dir(&tmp.join("tokenizer"))?;
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        let text_config = ClipTextConfig::from_json(arch.config("text_encoder/config.json"))?;
+        if text_config.vocab_size < tokenizer.len() as i64 {
+            bail!(
+                "the {} text encoder has {} token rows but the tokenizer has {} ids",
+                arch.name,
+                text_config.vocab_size,
+                tokenizer.len()
+            );
+        }
+        ClipTextModel::new(vs.root(), text_config)?;
+        fill(&vs, &mut GaussianRng::new(seed));
+        save(&vs, &tmp.join("text_encoder/model.safetensors"))?;
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        UNet2DConditionModel::new(
+            vs.root(),
+            UNetConfig::from_json(arch.config("unet/config.json"))?,
+        )?;
+        fill(&vs, &mut GaussianRng::new(seed.wrapping_add(1)));
+        save(&vs, &tmp.join("unet/diffusion_pytorch_model.safetensors"))?;
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        AutoencoderKL::new(
+            vs.root(),
+            VaeConfig::from_json(arch.config("vae/config.json"))?,
+        );
+        fill(&vs, &mut GaussianRng::new(seed.wrapping_add(2)));
+        save(&vs, &tmp.join("vae/diffusion_pytorch_model.safetensors"))?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("cannot move the model into {}", out.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
