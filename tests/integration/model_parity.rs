@@ -232,3 +232,49 @@ fn sample_command_reproduces_diffusers_from_a_noise_file() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (16, 16));
 }
+
+#[test]
+fn half_precision_weights_run_close_to_f32() {
+    // Not parity (diffusers was run in f32): a check that f16/bf16 loading and the upcast
+    // attention path work, within the precision those formats carry.
+    let g = goldens();
+    for (kind, bound) in [(Kind::BFloat16, 0.1), (Kind::Half, 0.02)] {
+        let opts = LoadOptions { kind, ..F32_CPU };
+        for name in ["student", "teacher"] {
+            let unet = load_unet(&models().join(format!("tiny-{name}/unet")), opts).unwrap();
+            let key = |k: &str| g[&format!("unet_{name}.{k}")].to_kind(kind);
+            let out = tch::no_grad(|| {
+                unet.model.forward(
+                    &key("sample"),
+                    &key("timestep"),
+                    &key("encoder_hidden_states"),
+                )
+            });
+            assert_eq!(out.kind(), kind);
+            let err = max_abs_err(&out.to_kind(Kind::Float), &g[&format!("unet_{name}.out")]);
+            assert!(err <= bound, "{name} in {kind:?}: max abs error {err}");
+        }
+    }
+}
+
+#[test]
+fn cross_attention_key_value_weights_have_their_diffusers_names() {
+    // EchoDistill trains exactly these tensors, and the exporter folds them by name.
+    let unet = load_unet(&models().join("tiny-student/unet"), F32_CPU).unwrap();
+    let names = trainer::checkpoint::expected_names(&unet.vs);
+    let kv: Vec<&String> = names
+        .iter()
+        .filter(|n| n.contains(".attn2.to_k.") || n.contains(".attn2.to_v."))
+        .collect();
+    // One transformer block in down block 0, the mid block and each of up block 1's two layers:
+    // four attn2 layers, each with to_k and to_v weights and no biases.
+    assert_eq!(kv.len(), 8, "{kv:?}");
+    assert!(names.contains(
+        &"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight".to_string()
+    ));
+    assert!(names
+        .contains(&"mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight".to_string()));
+    assert!(names
+        .contains(&"up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_k.weight".to_string()));
+    assert!(kv.iter().all(|n| n.ends_with(".weight")));
+}
