@@ -162,7 +162,7 @@ pub fn write_random_model(
                 tokenizer.len()
             );
         }
-        ClipTextModel::new(vs.root(), text_config)?;
+        ClipTextModel::new(&vs.root(), text_config)?;
         fill(&vs, &mut GaussianRng::new(seed));
         save(&vs, &tmp.join("text_encoder/model.safetensors"))?;
 

@@ -167,7 +167,7 @@ pub fn load_text_encoder(dir: &Path, opts: LoadOptions) -> Result<Loaded<ClipTex
     let c = Component::open(dir, "model")?;
     let config = ClipTextConfig::from_json(&c.config_text()?)
         .with_context(|| format!("{}/config.json", shown(&c.dir)))?;
-    c.load(opts, Some("text_model."), |p| ClipTextModel::new(p, config))
+    c.load(opts, Some("text_model."), |p| ClipTextModel::new(&p, config))
         .with_context(|| format!("loading the text encoder from {}", shown(&c.dir)))
 }
 

@@ -2,15 +2,22 @@
 //! output for SD is `last_hidden_state`, after the final LayerNorm (SD 2.x checkpoints already
 //! drop OpenCLIP's last layer: 23 layers).
 
-use anyhow::{bail, ensure, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use super::clip_encoder::{Activation, ClipEncoder, ClipEncoderConfig};
 use super::{layer_norm, linear};
 
 fn default_eps() -> f64 {
     1e-5
+}
+fn default_eos() -> i64 {
+    49407
+}
+fn default_projection() -> i64 {
+    512
 }
 fn default_act() -> String {
     "quick_gelu".into()
@@ -37,13 +44,12 @@ pub struct ClipTextConfig {
     /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
-}
-
-/// The MLP activation.
-#[derive(Debug, Clone, Copy)]
-enum Activation {
-    Gelu,
-    QuickGelu,
+    /// The end-of-text id, which marks the pooled position.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: i64,
+    /// Width of `text_projection` (CLIP-T's embedding).
+    #[serde(default = "default_projection")]
+    pub projection_dim: i64,
 }
 
 impl ClipTextConfig {
@@ -52,66 +58,15 @@ impl ClipTextConfig {
         Ok(serde_json::from_str(text)?)
     }
 
-    fn activation(&self) -> Result<Activation> {
-        match self.hidden_act.as_str() {
-            "gelu" => Ok(Activation::Gelu),
-            "quick_gelu" => Ok(Activation::QuickGelu),
-            other => bail!("unsupported text encoder activation {other:?} (gelu, quick_gelu)"),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct EncoderLayer {
-    layer_norm1: nn::LayerNorm,
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
-    layer_norm2: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-}
-
-impl EncoderLayer {
-    fn new(p: nn::Path, c: &ClipTextConfig) -> Self {
-        let attn = &p / "self_attn";
-        let mlp = &p / "mlp";
-        let h = c.hidden_size;
-        Self {
-            layer_norm1: layer_norm(&p / "layer_norm1", h, c.layer_norm_eps),
-            q_proj: linear(&attn / "q_proj", h, h, true),
-            k_proj: linear(&attn / "k_proj", h, h, true),
-            v_proj: linear(&attn / "v_proj", h, h, true),
-            out_proj: linear(&attn / "out_proj", h, h, true),
-            layer_norm2: layer_norm(&p / "layer_norm2", h, c.layer_norm_eps),
-            fc1: linear(&mlp / "fc1", h, c.intermediate_size, true),
-            fc2: linear(&mlp / "fc2", c.intermediate_size, h, true),
-        }
-    }
-
-    fn forward(&self, x: &Tensor, heads: i64, act: Activation) -> Tensor {
-        let (b, n, h) = x.size3().expect("(batch, tokens, hidden)");
-        let normed = self.layer_norm1.forward(x);
-        let split = |t: Tensor| t.view([b, n, heads, h / heads]).transpose(1, 2);
-        let (q, k, v) = (
-            split(self.q_proj.forward(&normed)),
-            split(self.k_proj.forward(&normed)),
-            split(self.v_proj.forward(&normed)),
-        );
-        // CLIP's text tower is causal; SD pipelines pass no padding mask.
-        let attn = Tensor::scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, true, None, false,
-        );
-        let x = x + self
-            .out_proj
-            .forward(&attn.transpose(1, 2).reshape([b, n, h]));
-        let hidden = self.fc1.forward(&self.layer_norm2.forward(&x));
-        let hidden = match act {
-            Activation::Gelu => hidden.gelu("none"),
-            Activation::QuickGelu => &hidden * (&hidden * 1.702).sigmoid(),
-        };
-        &x + self.fc2.forward(&hidden)
+    fn encoder(&self) -> Result<ClipEncoderConfig> {
+        Ok(ClipEncoderConfig {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            layers: self.num_hidden_layers,
+            eps: self.layer_norm_eps,
+            activation: Activation::from_config(&self.hidden_act)?,
+        })
     }
 }
 
@@ -119,40 +74,24 @@ impl EncoderLayer {
 #[derive(Debug)]
 pub struct ClipTextModel {
     config: ClipTextConfig,
-    activation: Activation,
     /// Token embeddings; EchoDistill trains only the rows of new tokens.
     pub token_embedding: nn::Embedding,
     position_embedding: nn::Embedding,
-    layers: Vec<EncoderLayer>,
+    encoder: ClipEncoder,
     final_layer_norm: nn::LayerNorm,
 }
 
 impl ClipTextModel {
     /// Builds the variables under `p` (the store's root for a `text_encoder/` folder).
-    pub fn new(p: nn::Path, config: ClipTextConfig) -> Result<Self> {
-        let activation = config.activation()?;
-        ensure!(
-            config.num_attention_heads > 0 && config.hidden_size % config.num_attention_heads == 0,
-            "hidden_size {} does not split into {} heads",
-            config.hidden_size,
-            config.num_attention_heads
-        );
-        let t = &p / "text_model";
+    pub fn new(p: &nn::Path, config: ClipTextConfig) -> Result<Self> {
+        let t = p / "text_model";
         let emb = &t / "embeddings";
-        let embedding =
-            |name: &str, n| nn::embedding(&emb / name, n, config.hidden_size, Default::default());
+        let embedding = |name: &str, n| nn::embedding(&emb / name, n, config.hidden_size, Default::default());
         Ok(Self {
             token_embedding: embedding("token_embedding", config.vocab_size),
             position_embedding: embedding("position_embedding", config.max_position_embeddings),
-            layers: (0..config.num_hidden_layers)
-                .map(|i| EncoderLayer::new(&t / "encoder" / "layers" / i, &config))
-                .collect(),
-            final_layer_norm: layer_norm(
-                &t / "final_layer_norm",
-                config.hidden_size,
-                config.layer_norm_eps,
-            ),
-            activation,
+            encoder: ClipEncoder::new(&t / "encoder", config.encoder()?)?,
+            final_layer_norm: layer_norm(&t / "final_layer_norm", config.hidden_size, config.layer_norm_eps),
             config,
         })
     }
@@ -166,11 +105,48 @@ impl ClipTextModel {
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
         let n = input_ids.size()[1];
         let positions = Tensor::arange(n, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let mut x =
-            self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
-        for layer in &self.layers {
-            x = layer.forward(&x, self.config.num_attention_heads, self.activation);
-        }
-        self.final_layer_norm.forward(&x)
+        let x = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
+        // CLIP's text tower is causal; SD pipelines pass no padding mask.
+        self.final_layer_norm.forward(&self.encoder.forward(&x, true))
+    }
+
+    /// The pooled output: the hidden state at each row's end token. transformers takes the
+    /// argmax of the ids when `eos_token_id` is 2 (old configs, where the end token had the
+    /// largest id) and otherwise the first position holding `eos_token_id`.
+    pub fn pooled(&self, input_ids: &Tensor, last_hidden_state: &Tensor) -> Tensor {
+        let positions = if self.config.eos_token_id == 2 {
+            input_ids.argmax(-1, false)
+        } else {
+            input_ids.eq(self.config.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+        };
+        let rows = Tensor::arange(input_ids.size()[0], (Kind::Int64, input_ids.device()));
+        last_hidden_state.index(&[Some(rows), Some(positions)])
+    }
+}
+
+/// transformers' `CLIPTextModelWithProjection`: the text tower plus `text_projection`, whose
+/// output (`text_embeds`) is what CLIP-T compares with image embeddings.
+#[derive(Debug)]
+pub struct ClipTextModelWithProjection {
+    /// The text tower.
+    pub text: ClipTextModel,
+    text_projection: nn::Linear,
+}
+
+impl ClipTextModelWithProjection {
+    /// Builds the variables under `p` (the store's root).
+    pub fn new(p: nn::Path, config: ClipTextConfig) -> Result<Self> {
+        let projection = config.projection_dim;
+        let hidden = config.hidden_size;
+        Ok(Self {
+            text: ClipTextModel::new(&p, config)?,
+            text_projection: linear(&p / "text_projection", hidden, projection, false),
+        })
+    }
+
+    /// `text_embeds` (batch, projection_dim), not normalized.
+    pub fn text_embeds(&self, input_ids: &Tensor) -> Tensor {
+        let hidden = self.text.forward(input_ids);
+        self.text_projection.forward(&self.text.pooled(input_ids, &hidden))
     }
 }
