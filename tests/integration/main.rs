@@ -6,4 +6,5 @@ mod model_parity;
 mod sample_errors;
 mod scheduler_parity;
 mod tokenizer_parity;
+mod tower_parity;
 mod written_tokenizer;

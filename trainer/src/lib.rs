@@ -1,8 +1,14 @@
 //! EchoDistill training with tch: the networks ([`models`]), loading them from diffusers
 //! checkpoints ([`checkpoint`]), sampling with them ([`sampling`]) and seeded random-weight
-//! models for tests, the demo and benchmarks ([`random_init`]).
+//! models for tests, the demo and benchmarks ([`random_init`]); the frozen image towers
+//! ([`towers`], [`vision`]), the discriminator ensemble ([`discriminator`]) and the student's
+//! losses ([`losses`]).
 
 pub mod checkpoint;
+pub mod discriminator;
+pub mod losses;
 pub mod models;
 pub mod random_init;
 pub mod sampling;
+pub mod towers;
+pub mod vision;

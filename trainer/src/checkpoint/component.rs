@@ -1,10 +1,11 @@
 //! One component folder of a diffusers model (`unet/`, `vae/`, `text_encoder/`): its config and
 //! weights, in fp32 or a variant such as fp16, sharded or not.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, Device, Kind};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::{load_strict, read_tensors, shown};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
@@ -124,27 +125,20 @@ impl Component {
         Ok(files)
     }
 
-    /// Builds a network with `build` in a fresh store and loads the weights strictly. When
-    /// `prefix` is given and no tensor name starts with it, it is prepended to every name
-    /// (transformers 5 saves `CLIPTextModel` without its `text_model.` prefix; 4 with it).
-    fn load<M>(
+    /// Builds a network with `build` in a fresh store and loads the weights strictly, after
+    /// `adjust` has fixed up the checkpoint's names (layout differences between library
+    /// versions, heads the network does not have).
+    pub fn load<M>(
         &self,
         opts: LoadOptions,
-        prefix: Option<&str>,
+        adjust: impl FnOnce(&mut HashMap<String, Tensor>),
         build: impl FnOnce(nn::Path) -> Result<M>,
     ) -> Result<Loaded<M>> {
         let files = self.weight_files(opts.variant)?;
         let mut vs = nn::VarStore::new(opts.device);
         let model = build(vs.root())?;
         let mut tensors = read_tensors(&files)?;
-        if let Some(prefix) = prefix {
-            if !tensors.keys().any(|k| k.starts_with(prefix)) {
-                tensors = tensors
-                    .into_iter()
-                    .map(|(k, v)| (format!("{prefix}{k}"), v))
-                    .collect();
-            }
-        }
+        adjust(&mut tensors);
         load_strict(&vs, &tensors, &shown(&self.dir))?;
         drop(tensors);
         vs.set_kind(opts.kind);
@@ -153,12 +147,28 @@ impl Component {
     }
 }
 
+/// Prepends `prefix` to every name when none has it: transformers 5 saves `CLIPTextModel`
+/// without its `text_model.` prefix, transformers 4 with it.
+pub fn add_missing_prefix(tensors: &mut HashMap<String, Tensor>, prefix: &str) {
+    if !tensors.keys().any(|k| k.starts_with(prefix)) {
+        *tensors = std::mem::take(tensors)
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .collect();
+    }
+}
+
+/// Drops the tensors under `prefix` (a head the network does not build, e.g. ViT's pooler).
+pub fn skip_prefix(tensors: &mut HashMap<String, Tensor>, prefix: &str) {
+    tensors.retain(|k, _| !k.starts_with(prefix));
+}
+
 /// A UNet folder (`unet/` of a model folder).
 pub fn load_unet(dir: &Path, opts: LoadOptions) -> Result<Loaded<UNet2DConditionModel>> {
     let c = Component::open(dir, "diffusion_pytorch_model")?;
     let config = UNetConfig::from_json(&c.config_text()?)
         .with_context(|| format!("{}/config.json", shown(&c.dir)))?;
-    c.load(opts, None, |p| UNet2DConditionModel::new(p, config))
+    c.load(opts, |_| {}, |p| UNet2DConditionModel::new(p, config))
         .with_context(|| format!("loading the UNet from {}", shown(&c.dir)))
 }
 
@@ -167,8 +177,12 @@ pub fn load_text_encoder(dir: &Path, opts: LoadOptions) -> Result<Loaded<ClipTex
     let c = Component::open(dir, "model")?;
     let config = ClipTextConfig::from_json(&c.config_text()?)
         .with_context(|| format!("{}/config.json", shown(&c.dir)))?;
-    c.load(opts, Some("text_model."), |p| ClipTextModel::new(&p, config))
-        .with_context(|| format!("loading the text encoder from {}", shown(&c.dir)))
+    c.load(
+        opts,
+        |t| add_missing_prefix(t, "text_model."),
+        |p| ClipTextModel::new(&p, config),
+    )
+    .with_context(|| format!("loading the text encoder from {}", shown(&c.dir)))
 }
 
 /// A VAE folder (`vae/` of a model folder).
@@ -176,6 +190,6 @@ pub fn load_vae(dir: &Path, opts: LoadOptions) -> Result<Loaded<AutoencoderKL>> 
     let c = Component::open(dir, "diffusion_pytorch_model")?;
     let config = VaeConfig::from_json(&c.config_text()?)
         .with_context(|| format!("{}/config.json", shown(&c.dir)))?;
-    c.load(opts, None, |p| Ok(AutoencoderKL::new(p, config)))
+    c.load(opts, |_| {}, |p| Ok(AutoencoderKL::new(p, config)))
         .with_context(|| format!("loading the VAE from {}", shown(&c.dir)))
 }

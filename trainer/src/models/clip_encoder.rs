@@ -89,8 +89,12 @@ impl EncoderLayer {
             split(self.k_proj.forward(&normed)),
             split(self.v_proj.forward(&normed)),
         );
-        let attn = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, causal, None, false);
-        let x = x + self.out_proj.forward(&attn.transpose(1, 2).reshape([b, n, h]));
+        let attn = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, causal, None, false,
+        );
+        let x = x + self
+            .out_proj
+            .forward(&attn.transpose(1, 2).reshape([b, n, h]));
         let hidden = self.fc1.forward(&self.layer_norm2.forward(&x));
         &x + self.fc2.forward(&c.activation.apply(&hidden))
     }
@@ -107,7 +111,11 @@ impl ClipEncoder {
     /// Builds the layers under `p` (`…/encoder`).
     pub fn new(p: nn::Path, config: ClipEncoderConfig) -> Result<Self> {
         if config.heads <= 0 || config.hidden % config.heads != 0 {
-            bail!("hidden size {} does not split into {} heads", config.hidden, config.heads);
+            bail!(
+                "hidden size {} does not split into {} heads",
+                config.hidden,
+                config.heads
+            );
         }
         Ok(Self {
             layers: (0..config.layers)

@@ -86,12 +86,17 @@ impl ClipTextModel {
     pub fn new(p: &nn::Path, config: ClipTextConfig) -> Result<Self> {
         let t = p / "text_model";
         let emb = &t / "embeddings";
-        let embedding = |name: &str, n| nn::embedding(&emb / name, n, config.hidden_size, Default::default());
+        let embedding =
+            |name: &str, n| nn::embedding(&emb / name, n, config.hidden_size, Default::default());
         Ok(Self {
             token_embedding: embedding("token_embedding", config.vocab_size),
             position_embedding: embedding("position_embedding", config.max_position_embeddings),
             encoder: ClipEncoder::new(&t / "encoder", config.encoder()?)?,
-            final_layer_norm: layer_norm(&t / "final_layer_norm", config.hidden_size, config.layer_norm_eps),
+            final_layer_norm: layer_norm(
+                &t / "final_layer_norm",
+                config.hidden_size,
+                config.layer_norm_eps,
+            ),
             config,
         })
     }
@@ -105,9 +110,11 @@ impl ClipTextModel {
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
         let n = input_ids.size()[1];
         let positions = Tensor::arange(n, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let x = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
+        let x =
+            self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
         // CLIP's text tower is causal; SD pipelines pass no padding mask.
-        self.final_layer_norm.forward(&self.encoder.forward(&x, true))
+        self.final_layer_norm
+            .forward(&self.encoder.forward(&x, true))
     }
 
     /// The pooled output: the hidden state at each row's end token. transformers takes the
@@ -117,7 +124,10 @@ impl ClipTextModel {
         let positions = if self.config.eos_token_id == 2 {
             input_ids.argmax(-1, false)
         } else {
-            input_ids.eq(self.config.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+            input_ids
+                .eq(self.config.eos_token_id)
+                .to_kind(Kind::Int)
+                .argmax(-1, false)
         };
         let rows = Tensor::arange(input_ids.size()[0], (Kind::Int64, input_ids.device()));
         last_hidden_state.index(&[Some(rows), Some(positions)])
@@ -147,6 +157,7 @@ impl ClipTextModelWithProjection {
     /// `text_embeds` (batch, projection_dim), not normalized.
     pub fn text_embeds(&self, input_ids: &Tensor) -> Tensor {
         let hidden = self.text.forward(input_ids);
-        self.text_projection.forward(&self.text.pooled(input_ids, &hidden))
+        self.text_projection
+            .forward(&self.text.pooled(input_ids, &hidden))
     }
 }

@@ -89,8 +89,18 @@ impl ClipVisionModelWithProjection {
         };
         Ok(Self {
             class_embedding: e.var("class_embedding", &[h], nn::Init::Const(0.0)),
-            patch_embedding: nn::conv2d(&e / "patch_embedding", config.num_channels, h, config.patch_size, conv),
-            position_embedding: (&e / "position_embedding").var("weight", &[positions, h], nn::Init::Const(0.0)),
+            patch_embedding: nn::conv2d(
+                &e / "patch_embedding",
+                config.num_channels,
+                h,
+                config.patch_size,
+                conv,
+            ),
+            position_embedding: (&e / "position_embedding").var(
+                "weight",
+                &[positions, h],
+                nn::Init::Const(0.0),
+            ),
             pre_layrnorm: layer_norm(&v / "pre_layrnorm", h, config.layer_norm_eps),
             encoder: ClipEncoder::new(
                 &v / "encoder",
@@ -122,12 +132,22 @@ impl ClipVisionModelWithProjection {
     /// Runs the tower on CLIP-normalized pixels (batch, 3, image_size, image_size).
     pub fn forward(&self, pixels: &Tensor) -> Result<ClipVisionOutput> {
         let size = pixels.size();
-        let want = [self.config.num_channels, self.config.image_size, self.config.image_size];
+        let want = [
+            self.config.num_channels,
+            self.config.image_size,
+            self.config.image_size,
+        ];
         if size.len() != 4 || size[1..] != want {
-            bail!("CLIP vision expects images (batch, {}, {}, {}), got {size:?}", want[0], want[1], want[2]);
+            bail!(
+                "CLIP vision expects images (batch, {}, {}, {}), got {size:?}",
+                want[0],
+                want[1],
+                want[2]
+            );
         }
         let cls = self.class_embedding.view([1, 1, -1]);
-        let x = patch_tokens(&self.patch_embedding, &cls, pixels) + self.position_embedding.unsqueeze(0);
+        let x = patch_tokens(&self.patch_embedding, &cls, pixels)
+            + self.position_embedding.unsqueeze(0);
         let last_hidden_state = self.encoder.forward(&self.pre_layrnorm.forward(&x), false);
         let pooled = self.post_layernorm.forward(&last_hidden_state.select(1, 0));
         let image_embeds = self.visual_projection.forward(&pooled);

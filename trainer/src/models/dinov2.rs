@@ -101,7 +101,12 @@ impl Dinov2Model {
                 let l = &p / "encoder" / "layer" / i;
                 Dinov2Layer {
                     norm1: layer_norm(&l / "norm1", h, eps),
-                    attention: VitAttention::new(&l / "attention", h, config.num_attention_heads, config.qkv_bias),
+                    attention: VitAttention::new(
+                        &l / "attention",
+                        h,
+                        config.num_attention_heads,
+                        config.qkv_bias,
+                    ),
                     lambda1: (&l / "layer_scale1").var("lambda1", &[h], nn::Init::Const(1.0)),
                     norm2: layer_norm(&l / "norm2", h, eps),
                     fc1: linear(&l / "mlp" / "fc1", h, mlp, true),
@@ -113,8 +118,19 @@ impl Dinov2Model {
         Ok(Self {
             cls_token: e.var("cls_token", &[1, 1, h], nn::Init::Const(0.0)),
             _mask_token: e.var("mask_token", &[1, h], nn::Init::Const(0.0)),
-            position_embeddings: e.var("position_embeddings", &[1, patches + 1, h], nn::Init::Const(0.0)),
-            projection: conv2d(&e / "patch_embeddings" / "projection", config.num_channels, h, config.patch_size, config.patch_size, 0),
+            position_embeddings: e.var(
+                "position_embeddings",
+                &[1, patches + 1, h],
+                nn::Init::Const(0.0),
+            ),
+            projection: conv2d(
+                &e / "patch_embeddings" / "projection",
+                config.num_channels,
+                h,
+                config.patch_size,
+                config.patch_size,
+                0,
+            ),
             layers,
             layernorm: layer_norm(&p / "layernorm", h, eps),
             config,
@@ -126,8 +142,10 @@ impl Dinov2Model {
         self.config.patch_size
     }
 
-    /// Position embeddings for a `rows` × `cols` patch grid: the learned grid resized with
-    /// antialiased bicubic interpolation in f32, as transformers does.
+    /// Position embeddings for a `rows` × `cols` patch grid: the learned grid resized to that
+    /// size with bicubic interpolation in f32 (no antialias, align_corners false), as
+    /// transformers 5 does. (Meta's original code resizes by a scale factor with a +0.1 offset,
+    /// which differs slightly.)
     fn positions(&self, rows: i64, cols: i64) -> Tensor {
         let n = self.position_embeddings.size()[1] - 1;
         if rows * cols == n && rows == cols {
@@ -142,7 +160,7 @@ impl Dinov2Model {
             .reshape([1, side, side, h])
             .permute([0, 3, 1, 2])
             .to_kind(Kind::Float)
-            .internal_upsample_bicubic2d_aa([rows, cols], false, None, None)
+            .upsample_bicubic2d([rows, cols], false, None, None)
             .to_kind(self.position_embeddings.kind())
             .permute([0, 2, 3, 1])
             .reshape([1, rows * cols, h]);
@@ -154,7 +172,12 @@ impl Dinov2Model {
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let size = pixels.size();
         let ps = self.config.patch_size;
-        if size.len() != 4 || size[1] != self.config.num_channels || size[2] % ps != 0 || size[3] % ps != 0 || size[2] == 0 {
+        if size.len() != 4
+            || size[1] != self.config.num_channels
+            || size[2] % ps != 0
+            || size[3] % ps != 0
+            || size[2] == 0
+        {
             bail!(
                 "DINOv2 expects images (batch, {}, H, W) with H and W positive multiples of {ps}, got {size:?}",
                 self.config.num_channels
@@ -164,7 +187,9 @@ impl Dinov2Model {
         let mut x = tokens + self.positions(size[2] / ps, size[3] / ps);
         for l in &self.layers {
             x = &x + l.attention.forward(&l.norm1.forward(&x)) * &l.lambda1;
-            let m = l.fc2.forward(&l.fc1.forward(&l.norm2.forward(&x)).gelu("none"));
+            let m = l
+                .fc2
+                .forward(&l.fc1.forward(&l.norm2.forward(&x)).gelu("none"));
             x = &x + m * &l.lambda2;
         }
         Ok(self.layernorm.forward(&x))

@@ -43,15 +43,20 @@ impl ImageProjection {
             .filter_map(|(k, v)| k.strip_prefix("image_proj.").map(|k| (k.to_string(), v)))
             .collect();
         let shape = |name: &str| {
-            tensors
-                .get(name)
-                .map(Tensor::size)
-                .with_context(|| format!("{}: no image_proj.{name} tensor (is this an IP-Adapter file?)", file.display()))
+            tensors.get(name).map(Tensor::size).with_context(|| {
+                format!(
+                    "{}: no image_proj.{name} tensor (is this an IP-Adapter file?)",
+                    file.display()
+                )
+            })
         };
         let proj = shape("proj.weight")?;
         let norm = shape("norm.weight")?;
         if proj.len() != 2 || norm.len() != 1 || norm[0] == 0 || proj[0] % norm[0] != 0 {
-            bail!("{}: image_proj.proj.weight {proj:?} is not tokens x {norm:?}", file.display());
+            bail!(
+                "{}: image_proj.proj.weight {proj:?} is not tokens x {norm:?}",
+                file.display()
+            );
         }
         let vs = nn::VarStore::new(device);
         let model = Self::new(vs.root(), proj[1], proj[0] / norm[0], norm[0]);
@@ -76,7 +81,10 @@ impl ImageProjection {
                 self.embed_dim
             );
         }
-        let x = self.proj.forward(image_embeds).reshape([size[0], self.tokens, self.dim]);
+        let x = self
+            .proj
+            .forward(image_embeds)
+            .reshape([size[0], self.tokens, self.dim]);
         Ok(self.norm.forward(&x))
     }
 }

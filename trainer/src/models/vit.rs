@@ -81,8 +81,14 @@ impl Module for VitAttention {
     fn forward(&self, x: &Tensor) -> Tensor {
         let (b, n, h) = x.size3().expect("(batch, tokens, hidden)");
         let split = |t: Tensor| t.view([b, n, self.heads, h / self.heads]).transpose(1, 2);
-        let (q, k, v) = (split(self.query.forward(x)), split(self.key.forward(x)), split(self.value.forward(x)));
-        let attn = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+        let (q, k, v) = (
+            split(self.query.forward(x)),
+            split(self.key.forward(x)),
+            split(self.value.forward(x)),
+        );
+        let attn = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, false, None, false,
+        );
         self.out.forward(&attn.transpose(1, 2).reshape([b, n, h]))
     }
 }
@@ -91,7 +97,13 @@ impl Module for VitAttention {
 pub fn patch_tokens(projection: &nn::Conv2D, cls: &Tensor, pixels: &Tensor) -> Tensor {
     let patches = projection.forward(pixels).flatten(2, -1).transpose(1, 2);
     let b = patches.size()[0];
-    Tensor::cat(&[cls.expand([b, 1, -1], false).to_kind(patches.kind()), patches], 1)
+    Tensor::cat(
+        &[
+            cls.expand([b, 1, -1], false).to_kind(patches.kind()),
+            patches,
+        ],
+        1,
+    )
 }
 
 #[derive(Debug)]
@@ -120,7 +132,9 @@ impl VitModel {
         if config.hidden_act != "gelu" {
             bail!("unsupported ViT activation {:?} (gelu)", config.hidden_act);
         }
-        if config.image_size % config.patch_size != 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.image_size % config.patch_size != 0
+            || config.hidden_size % config.num_attention_heads != 0
+        {
             bail!("ViT config: image_size must split into patches and hidden_size into heads");
         }
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
@@ -131,17 +145,38 @@ impl VitModel {
                 let l = &p / "encoder" / "layer" / i;
                 VitLayer {
                     layernorm_before: layer_norm(&l / "layernorm_before", h, eps),
-                    attention: VitAttention::new(&l / "attention", h, config.num_attention_heads, config.qkv_bias),
+                    attention: VitAttention::new(
+                        &l / "attention",
+                        h,
+                        config.num_attention_heads,
+                        config.qkv_bias,
+                    ),
                     layernorm_after: layer_norm(&l / "layernorm_after", h, eps),
-                    intermediate: linear(&l / "intermediate" / "dense", h, config.intermediate_size, true),
+                    intermediate: linear(
+                        &l / "intermediate" / "dense",
+                        h,
+                        config.intermediate_size,
+                        true,
+                    ),
                     output: linear(&l / "output" / "dense", config.intermediate_size, h, true),
                 }
             })
             .collect();
         Ok(Self {
             cls_token: e.var("cls_token", &[1, 1, h], nn::Init::Const(0.0)),
-            position_embeddings: e.var("position_embeddings", &[1, patches + 1, h], nn::Init::Const(0.0)),
-            projection: conv2d(&e / "patch_embeddings" / "projection", config.num_channels, h, config.patch_size, config.patch_size, 0),
+            position_embeddings: e.var(
+                "position_embeddings",
+                &[1, patches + 1, h],
+                nn::Init::Const(0.0),
+            ),
+            projection: conv2d(
+                &e / "patch_embeddings" / "projection",
+                config.num_channels,
+                h,
+                config.patch_size,
+                config.patch_size,
+                0,
+            ),
             layers,
             layernorm: layer_norm(&p / "layernorm", h, eps),
             config,
@@ -156,14 +191,27 @@ impl VitModel {
     /// `last_hidden_state` for normalized pixels (batch, 3, image_size, image_size).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let size = pixels.size();
-        let want = [self.config.num_channels, self.config.image_size, self.config.image_size];
+        let want = [
+            self.config.num_channels,
+            self.config.image_size,
+            self.config.image_size,
+        ];
         if size.len() != 4 || size[1..] != want {
-            bail!("DINO ViT expects images (batch, {}, {}, {}), got {size:?}", want[0], want[1], want[2]);
+            bail!(
+                "DINO ViT expects images (batch, {}, {}, {}), got {size:?}",
+                want[0],
+                want[1],
+                want[2]
+            );
         }
-        let mut x = patch_tokens(&self.projection, &self.cls_token, pixels) + &self.position_embeddings;
+        let mut x =
+            patch_tokens(&self.projection, &self.cls_token, pixels) + &self.position_embeddings;
         for l in &self.layers {
             x = &x + l.attention.forward(&l.layernorm_before.forward(&x));
-            let h = l.intermediate.forward(&l.layernorm_after.forward(&x)).gelu("none");
+            let h = l
+                .intermediate
+                .forward(&l.layernorm_after.forward(&x))
+                .gelu("none");
             x = &x + l.output.forward(&h);
         }
         Ok(self.layernorm.forward(&x))

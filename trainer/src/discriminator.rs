@@ -1,0 +1,155 @@
+//! The discriminator ensemble (SPEC §4): each member is a frozen backbone (DINOv1, DINOv2 or the
+//! IP-Adapter encoder) and a trainable head Linear(F, 512) → ReLU → Linear(512, 2). DINO heads
+//! read the CLS feature; the IP head reads the 4 projected tokens flattened. Only the heads'
+//! store is given to the optimiser.
+
+use anyhow::{ensure, Result};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::checkpoint::Loaded;
+use crate::losses::adversarial::AdversarialLoss;
+use crate::models::dinov2::Dinov2Model;
+use crate::models::vit::VitModel;
+use crate::towers::IpEncoder;
+use crate::vision::{prepare, TowerInput};
+
+/// A frozen feature extractor.
+pub enum Backbone {
+    /// DINOv1 ViT: the CLS token.
+    DinoV1(Loaded<VitModel>, TowerInput),
+    /// DINOv2: the CLS token.
+    DinoV2(Loaded<Dinov2Model>, TowerInput),
+    /// IP-Adapter encoder: the projected tokens, flattened.
+    Ip(std::rc::Rc<IpEncoder>),
+}
+
+impl Backbone {
+    /// Features (batch, F) of images in [-1, 1]; differentiable with respect to the images.
+    pub fn features(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::DinoV1(m, input) => m.model.forward(&prepare(images, *input))?.select(1, 0),
+            Self::DinoV2(m, input) => m.model.forward(&prepare(images, *input))?.select(1, 0),
+            Self::Ip(ip) => ip.tokens(images)?.flatten(1, -1),
+        })
+    }
+
+    /// A short name for logs and head variable paths.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::DinoV1(..) => "dinov1",
+            Self::DinoV2(..) => "dinov2",
+            Self::Ip(_) => "ip",
+        }
+    }
+
+    /// The feature width F, found by running one black image through the backbone.
+    pub fn feature_dim(&self, device: tch::Device) -> Result<i64> {
+        let probe = Tensor::zeros([1, 3, 32, 32], (Kind::Float, device));
+        Ok(tch::no_grad(|| self.features(&probe))?.size()[1])
+    }
+}
+
+/// Linear(F, 512) → ReLU → Linear(512, 2), with variables `fc1` and `fc2`.
+#[derive(Debug)]
+pub struct Head {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+/// The hidden width of every head.
+pub const HEAD_HIDDEN: i64 = 512;
+
+impl Head {
+    /// Builds a head under `p` (in the trainable store).
+    pub fn new(p: nn::Path, features: i64) -> Self {
+        Self {
+            fc1: nn::linear(&p / "fc1", features, HEAD_HIDDEN, Default::default()),
+            fc2: nn::linear(&p / "fc2", HEAD_HIDDEN, 2, Default::default()),
+        }
+    }
+}
+
+impl Module for Head {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc2.forward(&self.fc1.forward(x).relu())
+    }
+}
+
+/// One member of the ensemble.
+pub struct Discriminator {
+    /// The frozen backbone.
+    pub backbone: Backbone,
+    /// The trainable head.
+    pub head: Head,
+}
+
+/// Any subset of {dinov1, dinov2, ip} with their heads in one trainable store.
+pub struct Ensemble {
+    /// The members.
+    pub members: Vec<Discriminator>,
+    /// The heads' variables: the only thing the discriminator step updates.
+    pub heads: nn::VarStore,
+    /// The loss used for both steps.
+    pub loss: AdversarialLoss,
+}
+
+impl Ensemble {
+    /// Builds heads (fresh, in one store on `device`) for the given backbones.
+    pub fn new(
+        backbones: Vec<Backbone>,
+        loss: AdversarialLoss,
+        device: tch::Device,
+    ) -> Result<Self> {
+        ensure!(
+            !backbones.is_empty(),
+            "the discriminator ensemble needs at least one backbone"
+        );
+        let heads = nn::VarStore::new(device);
+        let mut members = Vec::new();
+        for backbone in backbones {
+            let dim = backbone.feature_dim(device)?;
+            let head = Head::new(heads.root() / backbone.name(), dim);
+            members.push(Discriminator { backbone, head });
+        }
+        Ok(Self {
+            members,
+            heads,
+            loss,
+        })
+    }
+
+    /// Each member's logits (batch, 2) for images in [-1, 1].
+    pub fn logits(&self, images: &Tensor) -> Result<Vec<Tensor>> {
+        self.members
+            .iter()
+            .map(|m| {
+                Ok(m.head
+                    .forward(&m.backbone.features(images)?.to_kind(Kind::Float)))
+            })
+            .collect()
+    }
+
+    /// The student's adversarial loss Σ_k over generated images (gradients reach the images).
+    pub fn generator_loss(&self, fake: &Tensor) -> Result<Tensor> {
+        let terms: Vec<Tensor> = self
+            .logits(fake)?
+            .iter()
+            .map(|l| self.loss.generator(l))
+            .collect();
+        Ok(Tensor::stack(&terms, 0).sum(Kind::Float))
+    }
+
+    /// The discriminators' loss Σ_k over real and (detached) generated images.
+    pub fn discriminator_loss(&self, real: &Tensor, fake: &Tensor) -> Result<Tensor> {
+        let fake = fake.detach();
+        let real_logits = self.logits(real)?;
+        let fake_logits = self.logits(&fake)?;
+        let terms: Vec<Tensor> = real_logits
+            .iter()
+            .zip(&fake_logits)
+            .map(|(r, f)| self.loss.discriminator(r, f))
+            .collect();
+        Ok(Tensor::stack(&terms, 0).sum(Kind::Float))
+    }
+}
