@@ -2,6 +2,7 @@
 
 mod cli_errors;
 mod init_tiny;
+mod losses;
 mod model_parity;
 mod sample_errors;
 mod scheduler_parity;

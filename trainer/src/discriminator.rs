@@ -5,7 +5,7 @@
 
 use anyhow::{ensure, Result};
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::checkpoint::Loaded;
 use crate::losses::adversarial::AdversarialLoss;
@@ -43,10 +43,13 @@ impl Backbone {
         }
     }
 
-    /// The feature width F, found by running one black image through the backbone.
-    pub fn feature_dim(&self, device: tch::Device) -> Result<i64> {
-        let probe = Tensor::zeros([1, 3, 32, 32], (Kind::Float, device));
-        Ok(tch::no_grad(|| self.features(&probe))?.size()[1])
+    /// The feature width F.
+    pub fn feature_dim(&self) -> i64 {
+        match self {
+            Self::DinoV1(m, _) => m.model.hidden_size(),
+            Self::DinoV2(m, _) => m.model.hidden_size(),
+            Self::Ip(ip) => ip.projection.1.output_len(),
+        }
     }
 }
 
@@ -108,7 +111,7 @@ impl Ensemble {
         let heads = nn::VarStore::new(device);
         let mut members = Vec::new();
         for backbone in backbones {
-            let dim = backbone.feature_dim(device)?;
+            let dim = backbone.feature_dim();
             let head = Head::new(heads.root() / backbone.name(), dim);
             members.push(Discriminator { backbone, head });
         }
@@ -124,8 +127,10 @@ impl Ensemble {
         self.members
             .iter()
             .map(|m| {
-                Ok(m.head
-                    .forward(&m.backbone.features(images)?.to_kind(Kind::Float)))
+                let features = m.backbone.features(images)?;
+                // Heads run in f32 (f64 for gradient checks) whatever the backbone's precision.
+                let kind = crate::losses::alignment::loss_kind(&features);
+                Ok(m.head.forward(&features.to_kind(kind)))
             })
             .collect()
     }
@@ -137,7 +142,7 @@ impl Ensemble {
             .iter()
             .map(|l| self.loss.generator(l))
             .collect();
-        Ok(Tensor::stack(&terms, 0).sum(Kind::Float))
+        Ok(Tensor::stack(&terms, 0).sum(terms[0].kind()))
     }
 
     /// The discriminators' loss Σ_k over real and (detached) generated images.
@@ -150,6 +155,6 @@ impl Ensemble {
             .zip(&fake_logits)
             .map(|(r, f)| self.loss.discriminator(r, f))
             .collect();
-        Ok(Tensor::stack(&terms, 0).sum(Kind::Float))
+        Ok(Tensor::stack(&terms, 0).sum(terms[0].kind()))
     }
 }

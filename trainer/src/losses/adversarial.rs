@@ -4,6 +4,8 @@
 
 use tch::{Kind, Reduction, Tensor};
 
+use super::alignment::loss_kind;
+
 /// Which adversarial loss to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AdversarialLoss {
@@ -24,17 +26,13 @@ fn labels(logits: &Tensor, class: i64) -> Tensor {
 }
 
 fn cross_entropy(logits: &Tensor, class: i64) -> Tensor {
-    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
-        &labels(logits, class),
-        None,
-        Reduction::Mean,
-        -100,
-        0.0,
-    )
+    logits
+        .to_kind(loss_kind(logits))
+        .cross_entropy_loss::<Tensor>(&labels(logits, class), None, Reduction::Mean, -100, 0.0)
 }
 
 fn score(logits: &Tensor) -> Tensor {
-    let l = logits.to_kind(Kind::Float);
+    let l = logits.to_kind(loss_kind(logits));
     l.select(1, REAL) - l.select(1, FAKE)
 }
 
@@ -43,7 +41,7 @@ impl AdversarialLoss {
     pub fn generator(&self, fake_logits: &Tensor) -> Tensor {
         match self {
             Self::CrossEntropy => cross_entropy(fake_logits, REAL),
-            Self::Hinge => -score(fake_logits).mean(Kind::Float),
+            Self::Hinge => -score(fake_logits).mean(loss_kind(fake_logits)),
         }
     }
 
@@ -55,8 +53,9 @@ impl AdversarialLoss {
                 (cross_entropy(real_logits, REAL) + cross_entropy(fake_logits, FAKE)) * 0.5
             }
             Self::Hinge => {
-                let real = (score(real_logits).neg() + 1.0).relu().mean(Kind::Float);
-                real + (score(fake_logits) + 1.0).relu().mean(Kind::Float)
+                let kind = loss_kind(real_logits);
+                let real = (score(real_logits).neg() + 1.0).relu().mean(kind);
+                real + (score(fake_logits) + 1.0).relu().mean(kind)
             }
         }
     }

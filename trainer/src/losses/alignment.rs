@@ -4,16 +4,26 @@
 
 use tch::{Kind, Tensor};
 
+/// The kind losses are reduced in: f64 stays f64 (gradient checks), everything else is f32
+/// (half-precision activations would lose the small terms).
+pub fn loss_kind(t: &Tensor) -> Kind {
+    if t.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
 /// L_mse = ½·MSE over latents, averaged over every element.
 pub fn latent_mse(student: &Tensor, target: &Tensor) -> Tensor {
-    (student - target).square().mean(Kind::Float) * 0.5
+    (student - target).square().mean(loss_kind(student)) * 0.5
 }
 
 /// L_id = 1 − cos over IP-Adapter's projected tokens (batch, tokens, dim), averaged over the
 /// tokens and the batch.
 pub fn identity_loss(student_tokens: &Tensor, target_tokens: &Tensor) -> Tensor {
     let cos = Tensor::cosine_similarity(student_tokens, target_tokens, -1, 1e-8);
-    (cos.neg() + 1.0).mean(Kind::Float)
+    (cos.neg() + 1.0).mean(loss_kind(student_tokens))
 }
 
 /// c(t) = ᾱ_t for each timestep of the batch.

@@ -122,7 +122,7 @@ pub fn sliced_wasserstein(x: &Tensor, y: &Tensor, directions: &Tensor) -> Tensor
     };
     (project(x) - project(y))
         .abs()
-        .mean_dim([1, 2].as_slice(), false, Kind::Float)
+        .mean_dim([1, 2].as_slice(), false, x.kind())
 }
 
 impl MsSwd {
@@ -152,8 +152,17 @@ impl MsSwd {
             .to_device(device)
     }
 
-    /// MS-SWD between images in [-1, 1] (batch, 3, h, w): one value per pair.
+    /// MS-SWD between images in [-1, 1] (batch, 3, h, w): one value per pair, with fresh
+    /// directions for every scale.
     pub fn forward(&mut self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let directions: Vec<Tensor> = (0..self.scales)
+            .map(|_| self.sample_directions(x.kind(), x.device()))
+            .collect();
+        self.forward_with(x, y, &directions)
+    }
+
+    /// MS-SWD with the given directions, one (projections, 3, patch, patch) tensor per scale.
+    pub fn forward_with(&self, x: &Tensor, y: &Tensor, directions: &[Tensor]) -> Result<Tensor> {
         ensure!(
             x.size() == y.size(),
             "MS-SWD compares images of one shape, got {:?} and {:?}",
@@ -164,6 +173,12 @@ impl MsSwd {
         ensure!(
             size.len() == 4 && size[1] == 3,
             "MS-SWD takes RGB images (batch, 3, h, w), got {size:?}"
+        );
+        ensure!(
+            directions.len() == self.scales,
+            "{} direction sets for {} scales",
+            directions.len(),
+            self.scales
         );
         let coarsest = size[2].min(size[3]) >> (self.scales - 1);
         ensure!(
@@ -179,15 +194,12 @@ impl MsSwd {
             gaussian_pyramid(&unit(x), self.scales),
             gaussian_pyramid(&unit(y), self.scales),
         );
-        let mut total: Option<Tensor> = None;
-        for (lx, ly) in px.iter().zip(&py) {
-            let directions = self.sample_directions(x.kind(), x.device());
-            let swd = sliced_wasserstein(&srgb_to_lab(lx), &srgb_to_lab(ly), &directions);
-            total = Some(match total {
-                Some(t) => t + swd,
-                None => swd,
-            });
-        }
-        Ok(total.expect("at least one scale") / self.scales as f64)
+        let per_scale: Vec<Tensor> = px
+            .iter()
+            .zip(&py)
+            .zip(directions)
+            .map(|((lx, ly), d)| sliced_wasserstein(&srgb_to_lab(lx), &srgb_to_lab(ly), d))
+            .collect();
+        Ok(Tensor::stack(&per_scale, 0).mean_dim([0].as_slice(), false, x.kind()))
     }
 }

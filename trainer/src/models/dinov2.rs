@@ -137,6 +137,11 @@ impl Dinov2Model {
         })
     }
 
+    /// The token width.
+    pub fn hidden_size(&self) -> i64 {
+        self.config.hidden_size
+    }
+
     /// The patch side: inputs must be a multiple of it.
     pub fn patch_size(&self) -> i64 {
         self.config.patch_size

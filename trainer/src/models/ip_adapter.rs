@@ -67,6 +67,11 @@ impl ImageProjection {
         Ok((vs, model))
     }
 
+    /// tokens × dim: the width of the flattened output.
+    pub fn output_len(&self) -> i64 {
+        self.tokens * self.dim
+    }
+
     /// Width of the CLIP image embedding it takes.
     pub fn embed_dim(&self) -> i64 {
         self.embed_dim

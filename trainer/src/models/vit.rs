@@ -183,6 +183,11 @@ impl VitModel {
         })
     }
 
+    /// The token width.
+    pub fn hidden_size(&self) -> i64 {
+        self.config.hidden_size
+    }
+
     /// The side in pixels the model was trained at.
     pub fn image_size(&self) -> i64 {
         self.config.image_size
