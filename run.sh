@@ -146,6 +146,7 @@ demo() {
     echo "== benchmarks"
     "$trainer" bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
     "$trainer" bench-sample --model "$out/tiny-student" --iters 10
+    "$trainer" bench-losses --towers "$out/tiny-student/towers" --iters 5
     echo
     echo "demo outputs are in $out"
 }

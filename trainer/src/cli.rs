@@ -24,8 +24,32 @@ pub enum Command {
     InitTiny(InitTinyArgs),
     /// Measure one-step generation: milliseconds per image, with the text encoder, UNet and VAE apart.
     BenchSample(Box<BenchSampleArgs>),
+    /// Measure the student's full loss stack: milliseconds per forward + backward.
+    BenchLosses(Box<BenchLossesArgs>),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLossesArgs {
+    /// A towers folder: dino-v1/, dino-v2/, image_encoder/, ip-adapter.safetensors (init-tiny
+    /// writes a tiny one in MODEL/towers).
+    #[arg(long, value_name = "DIR")]
+    pub towers: PathBuf,
+    /// Side of the decoded images in pixels (512 for SD-Turbo; MS-SWD needs at least 96).
+    #[arg(long, default_value_t = 128)]
+    pub size: i64,
+    /// Images per batch.
+    #[arg(long, default_value_t = 2)]
+    pub batch: i64,
+    /// Timed iterations after a warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// DINOv2's input side (518 for the real tower; the tiny one is fast at any size).
+    #[arg(long, default_value_t = 518)]
+    pub dino_v2_size: i64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(Debug, Args)]

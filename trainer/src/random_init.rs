@@ -6,7 +6,8 @@
 //! the same with upcast attention, DDIM and v-prediction, and `sd-turbo` the full-size
 //! architecture for benchmarks. The tokenizer is copied from a real CLIP tokenizer folder.
 //! Weights come from the runtime core's Gaussian generator, so a seed gives the same files on
-//! every machine.
+//! every machine. Tiny image towers (DINOv1, DINOv2, the IP-Adapter image encoder and
+//! projection) are written beside the model in `towers/`, for the losses.
 
 use std::path::Path;
 
@@ -15,8 +16,12 @@ use runtime::{ClipTokenizer, GaussianRng};
 use tch::{nn, Device, Tensor};
 
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection};
+use crate::models::dinov2::Dinov2Model;
+use crate::models::ip_adapter::ImageProjection;
 use crate::models::unet_2d_condition::{UNet2DConditionModel, UNetConfig};
 use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::models::vit::VitModel;
 
 /// An embedded architecture: its name and (path inside the model folder, config text) pairs.
 pub struct Architecture {
@@ -120,6 +125,59 @@ fn save(vs: &nn::VarStore, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The tiny image towers' configs (`trainer/configs/tiny-towers/`).
+const TINY_TOWERS: [(&str, &str); 3] = [
+    (
+        "dino-v1",
+        include_str!("../configs/tiny-towers/dino-v1/config.json"),
+    ),
+    (
+        "dino-v2",
+        include_str!("../configs/tiny-towers/dino-v2/config.json"),
+    ),
+    (
+        "image_encoder",
+        include_str!("../configs/tiny-towers/image_encoder/config.json"),
+    ),
+];
+
+/// IP-Adapter's image tokens (`clip_extra_context_tokens` of ip-adapter_sd15).
+const IP_TOKENS: i64 = 4;
+
+/// Writes tiny random image towers into `dir`: `dino-v1/`, `dino-v2/`, `image_encoder/` (each
+/// config.json + model.safetensors, Hugging Face layout) and `ip-adapter.safetensors` (the
+/// original IP-Adapter layout) projecting to `cross_attention_dim`-wide tokens.
+pub fn write_random_towers(dir: &Path, cross_attention_dim: i64, seed: u64) -> Result<()> {
+    let mut embed_dim = 0;
+    for (i, (name, config)) in TINY_TOWERS.iter().enumerate() {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+        std::fs::write(folder.join("config.json"), config)?;
+        let vs = nn::VarStore::new(Device::Cpu);
+        match *name {
+            "dino-v1" => drop(VitModel::new(vs.root(), serde_json::from_str(config)?)?),
+            "dino-v2" => drop(Dinov2Model::new(vs.root(), serde_json::from_str(config)?)?),
+            _ => {
+                let cfg: ClipVisionConfig = serde_json::from_str(config)?;
+                embed_dim = cfg.projection_dim;
+                drop(ClipVisionModelWithProjection::new(vs.root(), cfg)?);
+            }
+        }
+        fill(&vs, &mut GaussianRng::new(seed.wrapping_add(i as u64)));
+        save(&vs, &folder.join("model.safetensors"))?;
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    ImageProjection::new(
+        vs.root() / "image_proj",
+        embed_dim,
+        IP_TOKENS,
+        cross_attention_dim,
+    );
+    fill(&vs, &mut GaussianRng::new(seed.wrapping_add(10)));
+    save(&vs, &dir.join("ip-adapter.safetensors"))
+}
+
 /// Writes a random-weight model of `arch` to `out` (which must not exist yet), copying the
 /// tokenizer from `tokenizer_dir`. The folder is assembled beside `out` and renamed into place.
 pub fn write_random_model(
@@ -181,6 +239,10 @@ pub fn write_random_model(
         );
         fill(&vs, &mut GaussianRng::new(seed.wrapping_add(2)));
         save(&vs, &tmp.join("vae/diffusion_pytorch_model.safetensors"))?;
+
+        let cross =
+            UNetConfig::from_json(arch.config("unet/config.json"))?.cross_attention_dim()?;
+        write_random_towers(&tmp.join("towers"), cross, seed.wrapping_add(3))?;
         std::fs::rename(&tmp, out)
             .with_context(|| format!("cannot move the model into {}", out.display()))
     })();

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod bench_losses;
 mod bench_sample;
 mod bench_tokenize;
 mod env;
@@ -22,6 +23,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Sample(args) => sample::run(&args),
         Command::InitTiny(args) => init_tiny::run(&args),
         Command::BenchSample(args) => bench_sample::run(&args),
+        Command::BenchLosses(args) => bench_losses::run(&args),
         Command::Env => env::run(),
     }
 }
