@@ -187,6 +187,7 @@ goldens() {
         --dreambench "$dreambench" --out tests/fixtures/tokenizer_goldens.json
     "$GOLDENS_ENV/bin/python" tests/scripts/make_scheduler_goldens.py --out tests/fixtures/scheduler_goldens.json
     "$GOLDENS_ENV/bin/python" tests/scripts/make_model_goldens.py --out tests/fixtures/models
+    "$GOLDENS_ENV/bin/python" tests/scripts/make_tower_goldens.py --out tests/fixtures/towers
 }
 
 usage() {
