@@ -31,14 +31,21 @@ fn main() -> Result<()> {
     let mut out: Vec<(String, Tensor)> = Vec::new();
     tch::no_grad(|| -> Result<()> {
         match tower.as_str() {
-            "dinov1" => out.push(("last_hidden_state".into(), load_dino_v1(dir, opts)?.model.forward(pixels)?)),
-            "dinov2" => out.push(("last_hidden_state".into(), load_dino_v2(dir, opts)?.model.forward(pixels)?)),
+            "dinov1" => out.push((
+                "last_hidden_state".into(),
+                load_dino_v1(dir, opts)?.model.forward(pixels)?,
+            )),
+            "dinov2" => out.push((
+                "last_hidden_state".into(),
+                load_dino_v2(dir, opts)?.model.forward(pixels)?,
+            )),
             "clip-vision" | "ip" => {
                 let m = load_clip_vision(dir, opts)?;
                 let o = m.model.forward(pixels)?;
                 if tower == "ip" {
                     let file = args.get(5).context("ip needs IP_ADAPTER_FILE")?;
-                    let (_vs, proj) = ImageProjection::load(Path::new(file), Device::Cpu, Kind::Float)?;
+                    let (_vs, proj) =
+                        ImageProjection::load(Path::new(file), Device::Cpu, Kind::Float)?;
                     let embeds = inputs.get("image_embeds").context("no image_embeds")?;
                     out.push(("tokens".into(), proj.forward(embeds)?));
                 }

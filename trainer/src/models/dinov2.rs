@@ -8,8 +8,8 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::vit::{patch_tokens, VitAttention};
-use super::{conv2d, layer_norm, linear};
+use super::vit::{PatchEmbeddings, VitAttention};
+use super::{layer_norm, linear};
 
 fn default_act() -> String {
     "gelu".into()
@@ -75,10 +75,8 @@ struct Dinov2Layer {
 #[derive(Debug)]
 pub struct Dinov2Model {
     config: Dinov2Config,
-    cls_token: Tensor,
+    embeddings: PatchEmbeddings,
     _mask_token: Tensor,
-    position_embeddings: Tensor,
-    projection: nn::Conv2D,
     layers: Vec<Dinov2Layer>,
     layernorm: nn::LayerNorm,
 }
@@ -95,7 +93,6 @@ impl Dinov2Model {
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         let mlp = (h as f64 * config.mlp_ratio) as i64;
         let e = &p / "embeddings";
-        let patches = (config.image_size / config.patch_size).pow(2);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let l = &p / "encoder" / "layer" / i;
@@ -116,21 +113,14 @@ impl Dinov2Model {
             })
             .collect();
         Ok(Self {
-            cls_token: e.var("cls_token", &[1, 1, h], nn::Init::Const(0.0)),
-            _mask_token: e.var("mask_token", &[1, h], nn::Init::Const(0.0)),
-            position_embeddings: e.var(
-                "position_embeddings",
-                &[1, patches + 1, h],
-                nn::Init::Const(0.0),
-            ),
-            projection: conv2d(
-                &e / "patch_embeddings" / "projection",
+            embeddings: PatchEmbeddings::new(
+                &e,
                 config.num_channels,
                 h,
                 config.patch_size,
-                config.patch_size,
-                0,
+                config.image_size,
             ),
+            _mask_token: e.var("mask_token", &[1, h], nn::Init::Const(0.0)),
             layers,
             layernorm: layer_norm(&p / "layernorm", h, eps),
             config,
@@ -152,21 +142,22 @@ impl Dinov2Model {
     /// transformers 5 does. (Meta's original code resizes by a scale factor with a +0.1 offset,
     /// which differs slightly.)
     fn positions(&self, rows: i64, cols: i64) -> Tensor {
-        let n = self.position_embeddings.size()[1] - 1;
+        let n = self.embeddings.position_embeddings.size()[1] - 1;
         if rows * cols == n && rows == cols {
-            return self.position_embeddings.shallow_clone();
+            return self.embeddings.position_embeddings.shallow_clone();
         }
         let side = (n as f64).sqrt() as i64;
         let h = self.config.hidden_size;
-        let cls = self.position_embeddings.narrow(1, 0, 1);
+        let cls = self.embeddings.position_embeddings.narrow(1, 0, 1);
         let grid = self
+            .embeddings
             .position_embeddings
             .narrow(1, 1, n)
             .reshape([1, side, side, h])
             .permute([0, 3, 1, 2])
             .to_kind(Kind::Float)
             .upsample_bicubic2d([rows, cols], false, None, None)
-            .to_kind(self.position_embeddings.kind())
+            .to_kind(self.embeddings.position_embeddings.kind())
             .permute([0, 2, 3, 1])
             .reshape([1, rows * cols, h]);
         Tensor::cat(&[cls, grid], 1)
@@ -188,7 +179,7 @@ impl Dinov2Model {
                 self.config.num_channels
             );
         }
-        let tokens = patch_tokens(&self.projection, &self.cls_token, pixels);
+        let tokens = self.embeddings.tokens(pixels);
         let mut x = tokens + self.positions(size[2] / ps, size[3] / ps);
         for l in &self.layers {
             x = &x + l.attention.forward(&l.norm1.forward(&x)) * &l.lambda1;

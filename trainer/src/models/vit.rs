@@ -106,6 +106,45 @@ pub fn patch_tokens(projection: &nn::Conv2D, cls: &Tensor, pixels: &Tensor) -> T
     )
 }
 
+/// ViT-style `embeddings`: `cls_token`, `position_embeddings` and
+/// `patch_embeddings.projection` (shared by ViT and DINOv2).
+#[derive(Debug)]
+pub struct PatchEmbeddings {
+    /// The CLS token (1, 1, hidden).
+    pub cls_token: Tensor,
+    /// Learned positions (1, 1 + patches, hidden) at the training size.
+    pub position_embeddings: Tensor,
+    projection: nn::Conv2D,
+}
+
+impl PatchEmbeddings {
+    /// Builds the variables under `e` (`embeddings`) for `image_size` inputs.
+    pub fn new(e: &nn::Path, channels: i64, hidden: i64, patch: i64, image_size: i64) -> Self {
+        let patches = (image_size / patch).pow(2);
+        Self {
+            cls_token: e.var("cls_token", &[1, 1, hidden], nn::Init::Const(0.0)),
+            position_embeddings: e.var(
+                "position_embeddings",
+                &[1, patches + 1, hidden],
+                nn::Init::Const(0.0),
+            ),
+            projection: conv2d(
+                e / "patch_embeddings" / "projection",
+                channels,
+                hidden,
+                patch,
+                patch,
+                0,
+            ),
+        }
+    }
+
+    /// CLS then patch tokens, before positions are added.
+    pub fn tokens(&self, pixels: &Tensor) -> Tensor {
+        patch_tokens(&self.projection, &self.cls_token, pixels)
+    }
+}
+
 #[derive(Debug)]
 struct VitLayer {
     layernorm_before: nn::LayerNorm,
@@ -119,9 +158,7 @@ struct VitLayer {
 #[derive(Debug)]
 pub struct VitModel {
     config: VitConfig,
-    cls_token: Tensor,
-    position_embeddings: Tensor,
-    projection: nn::Conv2D,
+    embeddings: PatchEmbeddings,
     layers: Vec<VitLayer>,
     layernorm: nn::LayerNorm,
 }
@@ -139,7 +176,6 @@ impl VitModel {
         }
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         let e = &p / "embeddings";
-        let patches = (config.image_size / config.patch_size).pow(2);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let l = &p / "encoder" / "layer" / i;
@@ -163,19 +199,12 @@ impl VitModel {
             })
             .collect();
         Ok(Self {
-            cls_token: e.var("cls_token", &[1, 1, h], nn::Init::Const(0.0)),
-            position_embeddings: e.var(
-                "position_embeddings",
-                &[1, patches + 1, h],
-                nn::Init::Const(0.0),
-            ),
-            projection: conv2d(
-                &e / "patch_embeddings" / "projection",
+            embeddings: PatchEmbeddings::new(
+                &e,
                 config.num_channels,
                 h,
                 config.patch_size,
-                config.patch_size,
-                0,
+                config.image_size,
             ),
             layers,
             layernorm: layer_norm(&p / "layernorm", h, eps),
@@ -209,8 +238,7 @@ impl VitModel {
                 want[2]
             );
         }
-        let mut x =
-            patch_tokens(&self.projection, &self.cls_token, pixels) + &self.position_embeddings;
+        let mut x = self.embeddings.tokens(pixels) + &self.embeddings.position_embeddings;
         for l in &self.layers {
             x = &x + l.attention.forward(&l.layernorm_before.forward(&x));
             let h = l
