@@ -150,4 +150,28 @@ fn tiny_towers_run_the_whole_loss_stack() {
         "no gradient reached the images"
     );
     assert!(latents.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+
+    // The evaluation CLIP pair: image and text embeddings of one width, text pooled at EOS.
+    let towers = model.join("towers");
+    let vision = trainer::towers::load_clip_vision(&towers.join("clip-vision"), opts).unwrap();
+    let text = trainer::towers::load_clip_text_projection(&towers.join("clip-text"), opts).unwrap();
+    let tokenizer = runtime::ClipTokenizer::from_dir(&model.join("tokenizer")).unwrap();
+    let ids: Vec<i64> = tokenizer
+        .encode("a dog")
+        .ids
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let ids = tch::Tensor::from_slice(&ids).view([1, 77]);
+    let t = tch::no_grad(|| text.model.text_embeds(&ids));
+    let pixels = trainer::vision::prepare(
+        &target.narrow(0, 0, 1),
+        trainer::towers::clip_input(32, true),
+    );
+    let v = tch::no_grad(|| vision.model.forward(&pixels))
+        .unwrap()
+        .image_embeds;
+    assert_eq!(t.size(), v.size());
+    let cos = tch::Tensor::cosine_similarity(&t, &v, -1, 1e-8).double_value(&[0]);
+    assert!(cos.is_finite() && cos.abs() <= 1.0);
 }

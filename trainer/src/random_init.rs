@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use runtime::{ClipTokenizer, GaussianRng};
 use tch::{nn, Device, Tensor};
 
-use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel, ClipTextModelWithProjection};
 use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection};
 use crate::models::dinov2::Dinov2Model;
 use crate::models::ip_adapter::ImageProjection;
@@ -125,8 +125,10 @@ fn save(vs: &nn::VarStore, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The tiny image towers' configs (`trainer/configs/tiny-towers/`).
-const TINY_TOWERS: [(&str, &str); 3] = [
+/// The tiny image towers' configs (`trainer/configs/tiny-towers/`): the discriminator
+/// backbones, IP-Adapter's image encoder, and an evaluation CLIP (vision and text, OpenAI-style
+/// quick_gelu) for CLIP-I/CLIP-T.
+const TINY_TOWERS: [(&str, &str); 5] = [
     (
         "dino-v1",
         include_str!("../configs/tiny-towers/dino-v1/config.json"),
@@ -139,14 +141,23 @@ const TINY_TOWERS: [(&str, &str); 3] = [
         "image_encoder",
         include_str!("../configs/tiny-towers/image_encoder/config.json"),
     ),
+    (
+        "clip-vision",
+        include_str!("../configs/tiny-towers/clip-vision/config.json"),
+    ),
+    (
+        "clip-text",
+        include_str!("../configs/tiny-towers/clip-text/config.json"),
+    ),
 ];
 
 /// IP-Adapter's image tokens (`clip_extra_context_tokens` of ip-adapter_sd15).
 const IP_TOKENS: i64 = 4;
 
-/// Writes tiny random image towers into `dir`: `dino-v1/`, `dino-v2/`, `image_encoder/` (each
-/// config.json + model.safetensors, Hugging Face layout) and `ip-adapter.safetensors` (the
-/// original IP-Adapter layout) projecting to `cross_attention_dim`-wide tokens.
+/// Writes tiny random image towers into `dir`: `dino-v1/`, `dino-v2/`, `image_encoder/`,
+/// `clip-vision/`, `clip-text/` (each config.json + model.safetensors, Hugging Face layout) and
+/// `ip-adapter.safetensors` (the original IP-Adapter layout) projecting to
+/// `cross_attention_dim`-wide tokens.
 pub fn write_random_towers(dir: &Path, cross_attention_dim: i64, seed: u64) -> Result<()> {
     let mut embed_dim = 0;
     for (i, (name, config)) in TINY_TOWERS.iter().enumerate() {
@@ -158,9 +169,15 @@ pub fn write_random_towers(dir: &Path, cross_attention_dim: i64, seed: u64) -> R
         match *name {
             "dino-v1" => drop(VitModel::new(vs.root(), serde_json::from_str(config)?)?),
             "dino-v2" => drop(Dinov2Model::new(vs.root(), serde_json::from_str(config)?)?),
-            _ => {
+            "clip-text" => drop(ClipTextModelWithProjection::new(
+                vs.root(),
+                serde_json::from_str(config)?,
+            )?),
+            vision => {
                 let cfg: ClipVisionConfig = serde_json::from_str(config)?;
-                embed_dim = cfg.projection_dim;
+                if vision == "image_encoder" {
+                    embed_dim = cfg.projection_dim;
+                }
                 drop(ClipVisionModelWithProjection::new(vs.root(), cfg)?);
             }
         }

@@ -45,7 +45,7 @@ impl Component {
     pub fn open(dir: &Path, weights_name: &'static str) -> Result<Self> {
         if !dir.is_dir() {
             bail!(
-                "{} not found: pass a diffusers model folder (with model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                "{} not found: expected a model folder with config.json and safetensors weights (inside a diffusers model: unet/, vae/, text_encoder/)",
                 shown(dir)
             );
         }
