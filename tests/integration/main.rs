@@ -8,4 +8,5 @@ mod sample_errors;
 mod scheduler_parity;
 mod tokenizer_parity;
 mod tower_parity;
+mod trainable;
 mod written_tokenizer;

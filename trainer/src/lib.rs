@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod discriminator;
+pub mod fit;
 pub mod losses;
 pub mod models;
 pub mod random_init;

@@ -61,8 +61,8 @@ impl Attention {
         };
         let (q, k, v) = (
             split(self.to_q.forward(x)),
-            split(self.to_k.forward(context)),
-            split(self.to_v.forward(context)),
+            split(project(&self.to_k, context)),
+            split(project(&self.to_v, context)),
         );
         let kind = q.kind();
         let out = if self.upcast && kind != Kind::Float {
@@ -84,6 +84,17 @@ impl Attention {
         };
         self.to_out
             .forward(&out.transpose(1, 2).reshape([b, n, -1]))
+    }
+}
+
+/// A bias-free projection whose weight may be kept in another precision than the activations
+/// (trained K/V weights stay f32 while a half-precision UNet runs around them).
+fn project(layer: &nn::Linear, x: &Tensor) -> Tensor {
+    if layer.ws.kind() == x.kind() {
+        layer.forward(x)
+    } else {
+        let bias = layer.bs.as_ref().map(|b| b.to_kind(x.kind()));
+        x.linear(&layer.ws.to_kind(x.kind()), bias.as_ref())
     }
 }
 

@@ -74,8 +74,11 @@ impl ClipTextConfig {
 #[derive(Debug)]
 pub struct ClipTextModel {
     config: ClipTextConfig,
-    /// Token embeddings; EchoDistill trains only the rows of new tokens.
+    /// Token embeddings of the checkpoint's vocabulary (frozen).
     pub token_embedding: nn::Embedding,
+    /// Rows of added tokens (`<new1>`, ...), appended after the vocabulary: the only part of the
+    /// text encoder EchoDistill trains.
+    added_rows: Option<Tensor>,
     position_embedding: nn::Embedding,
     encoder: ClipEncoder,
     final_layer_norm: nn::LayerNorm,
@@ -90,6 +93,7 @@ impl ClipTextModel {
             |name: &str, n| nn::embedding(&emb / name, n, config.hidden_size, Default::default());
         Ok(Self {
             token_embedding: embedding("token_embedding", config.vocab_size),
+            added_rows: None,
             position_embedding: embedding("position_embedding", config.max_position_embeddings),
             encoder: ClipEncoder::new(&t / "encoder", config.encoder()?)?,
             final_layer_norm: layer_norm(
@@ -106,12 +110,35 @@ impl ClipTextModel {
         &self.config
     }
 
+    /// Appends `rows` (added tokens × hidden) after the vocabulary: ids `vocab_size..` look them
+    /// up. The tensor is used as given, so a trainable variable stays trainable.
+    pub fn set_added_rows(&mut self, rows: Option<Tensor>) {
+        self.added_rows = rows;
+    }
+
+    /// Number of ids the model embeds: the vocabulary plus added rows.
+    pub fn num_ids(&self) -> i64 {
+        self.config.vocab_size + self.added_rows.as_ref().map_or(0, |r| r.size()[0])
+    }
+
     /// `last_hidden_state` for `input_ids` (batch, tokens) of kind Int64.
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
         let n = input_ids.size()[1];
         let positions = Tensor::arange(n, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let x =
-            self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions);
+        let tokens = match &self.added_rows {
+            Some(rows) => {
+                let table = Tensor::cat(
+                    &[
+                        &self.token_embedding.ws,
+                        &rows.to_kind(self.token_embedding.ws.kind()),
+                    ],
+                    0,
+                );
+                Tensor::embedding(&table, input_ids, -1, false, false)
+            }
+            None => self.token_embedding.forward(input_ids),
+        };
+        let x = tokens + self.position_embedding.forward(&positions);
         // CLIP's text tower is causal; SD pipelines pass no padding mask.
         self.final_layer_norm
             .forward(&self.encoder.forward(&x, true))

@@ -6,7 +6,9 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::attention::Attention;
 use super::embeddings::{timestep_embedding, TimestepEmbedding};
+use super::transformer_2d::Transformer2D;
 use super::unet_2d_blocks::{
     BlockConfig, CrossAttention, DownBlock, DownSpec, MidBlock, UpBlock, UpChannels,
 };
@@ -390,6 +392,44 @@ impl UNet2DConditionModel {
     /// The config the model was built from.
     pub fn config(&self) -> &UNetConfig {
         &self.config
+    }
+
+    /// Every cross-attention layer (`attn2`) with its diffusers path, e.g.
+    /// `["down_blocks", "0", "attentions", "0", "transformer_blocks", "0", "attn2"]`: the layers
+    /// whose `to_k` / `to_v` EchoDistill trains.
+    pub fn cross_attentions_mut(&mut self) -> Vec<(Vec<String>, &mut Attention)> {
+        fn collect<'a>(
+            out: &mut Vec<(Vec<String>, &'a mut Attention)>,
+            prefix: &[&str],
+            ts: &'a mut [Transformer2D],
+        ) {
+            for (j, t) in ts.iter_mut().enumerate() {
+                for (k, block) in t.blocks.iter_mut().enumerate() {
+                    let mut path: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+                    path.extend([
+                        "attentions".into(),
+                        j.to_string(),
+                        "transformer_blocks".into(),
+                        k.to_string(),
+                        "attn2".into(),
+                    ]);
+                    out.push((path, &mut block.attn2));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (i, b) in self.down_blocks.iter_mut().enumerate() {
+            collect(
+                &mut out,
+                &["down_blocks", &i.to_string()],
+                &mut b.attentions,
+            );
+        }
+        collect(&mut out, &["mid_block"], &mut self.mid_block.attentions);
+        for (i, b) in self.up_blocks.iter_mut().enumerate() {
+            collect(&mut out, &["up_blocks", &i.to_string()], &mut b.attentions);
+        }
+        out
     }
 
     /// Predicts noise (or v) for `sample` (batch, 4, h, w) at `timesteps` (batch or one value)
