@@ -1,6 +1,7 @@
 //! The workspace's one integration-test binary; each module guards one contract.
 
 mod cli_errors;
+mod fit;
 mod init_tiny;
 mod losses;
 mod model_parity;

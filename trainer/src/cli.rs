@@ -18,6 +18,8 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure tokenizer throughput (prompts and tokens per second, one thread).
     BenchTokenize(BenchTokenizeArgs),
+    /// Teach the student and teacher a concept from a few photos (EchoDistill's distillation stage).
+    Fit(Box<FitArgs>),
     /// Generate an image: the student in 1-4 steps, or the teacher with DDIM and guidance.
     Sample(Box<SampleArgs>),
     /// Write a seeded random-weight model in the diffusers layout (tiny by default).
@@ -50,6 +52,34 @@ pub struct BenchLossesArgs {
     pub dino_v2_size: i64,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// A YAML file with any settings (the defaults are the paper's; see `--print-config`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The concept's photos (3-5 jpg/png/webp); with --token and --class replaces `concepts`.
+    #[arg(long, value_name = "DIR", requires_all = ["token", "class"])]
+    pub images: Option<PathBuf>,
+    /// The new modifier token, e.g. `<new1>`.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// The class noun, e.g. `dog`.
+    #[arg(long, value_name = "WORD")]
+    pub class: Option<String>,
+    /// The word whose embedding starts the token (one token; default: the class).
+    #[arg(long, value_name = "WORD")]
+    pub init_word: Option<String>,
+    /// The run folder for weights, tokens, log and config.
+    #[arg(long, default_value = "run", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Override any config key, e.g. `--set iterations=200 --set losses.swd=0.2` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the resolved config and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Debug, Args)]

@@ -99,6 +99,20 @@ pub fn expected_names(vs: &nn::VarStore) -> Vec<String> {
     names
 }
 
+/// Writes text through a temporary file beside `path`, renamed into place.
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// A path for messages.
 pub(crate) fn shown(path: &Path) -> String {
     path.display().to_string()

@@ -4,6 +4,7 @@ mod bench_losses;
 mod bench_sample;
 mod bench_tokenize;
 mod env;
+mod fit;
 mod init_tiny;
 mod sample;
 mod tokenize;
@@ -20,6 +21,7 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Tokenize(args) => tokenize::run(&args),
         Command::BenchTokenize(args) => bench_tokenize::run(&args),
+        Command::Fit(args) => fit::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::InitTiny(args) => init_tiny::run(&args),
         Command::BenchSample(args) => bench_sample::run(&args),

@@ -1,4 +1,8 @@
-//! `trainer fit`: EchoDistill's training (SPEC §3–5). So far: what is trained ([`trainable`]).
-//! The loop, data and configuration are the next steps (issue 5).
+//! `trainer fit`: EchoDistill's training (SPEC §3–5): the settings ([`config`]), the photos
+//! ([`data`]), what trains ([`trainable`]) and the distillation stage ([`distill`]). The echo
+//! stage, checkpoints/resume and the report are still to come (issue 5).
 
+pub mod config;
+pub mod data;
+pub mod distill;
 pub mod trainable;

@@ -1,0 +1,271 @@
+//! `trainer fit`, distillation stage, on tiny models and DreamBench photos: only the K/V copies,
+//! token rows and discriminator heads move; the run folder has its files; bad input is refused
+//! before training.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use tch::{nn, Tensor};
+use tests::{clip_tokenizer_dir, run_binary};
+use trainer::fit::config::FitConfig;
+use trainer::fit::distill::Distiller;
+
+/// DreamBench's photos, read in place (CC-BY-4.0; never copied into the repository).
+fn dreambench(subject: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/datasets/dreambooth/dataset")
+        .join(subject);
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the DreamBench dataset lives in ../shared",
+        dir.display()
+    );
+    dir
+}
+
+/// Tiny student and teacher (with towers) in `dir`.
+fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
+    let tok = clip_tokenizer_dir();
+    for (name, arch) in [("student", "tiny-student"), ("teacher", "tiny-teacher")] {
+        let out = run_binary(
+            "trainer",
+            &[
+                "init-tiny",
+                "--out",
+                dir.join(name).to_str().unwrap(),
+                "--architecture",
+                arch,
+                "--tokenizer",
+                tok.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (dir.join("student"), dir.join("teacher"))
+}
+
+fn overrides(student: &Path, teacher: &Path, extra: &[&str]) -> Vec<String> {
+    let mut o = vec![
+        format!("student={}", student.display()),
+        format!("teacher={}", teacher.display()),
+        format!("towers={}", student.join("towers").display()),
+        "resolution=96".into(),
+        "dino_v2_size=56".into(),
+    ];
+    o.extend(extra.iter().map(|s| s.to_string()));
+    o
+}
+
+fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.copy()))
+        .collect()
+}
+
+#[test]
+fn distillation_trains_only_kv_token_rows_and_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, teacher) = tiny_models(dir.path());
+    let concepts = format!(
+        "concepts=[{{images: '{}', token: '<new1>', class: dog}}, {{images: '{}', token: '<new2>', class: backpack}}]",
+        dreambench("dog").display(),
+        dreambench("backpack").display()
+    );
+    let config = FitConfig::load(
+        None,
+        &overrides(&student, &teacher, &[&concepts, "iterations=2"]),
+    )
+    .unwrap();
+    let mut d = Distiller::new(config).unwrap();
+    let frozen: Vec<(String, HashMap<String, Tensor>)> = d
+        .frozen_stores()
+        .into_iter()
+        .map(|(n, vs)| (n, snapshot(vs)))
+        .collect();
+    assert!(
+        frozen.len() >= 8,
+        "text encoder, both UNets, VAE, IP encoder/projection, two DINOs"
+    );
+    let trained_before = |d: &Distiller| -> Vec<Tensor> {
+        let mut v: Vec<Tensor> = Vec::new();
+        for vs in [
+            &d.kv_teacher.vs,
+            &d.kv_student.vs,
+            &d.rows.vs,
+            &d.losses.ensemble.heads,
+        ] {
+            let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            v.extend(vars.into_iter().map(|(_, t)| t.copy()));
+        }
+        v
+    };
+    let before = trained_before(&d);
+    let rows_before = d.rows.rows.copy();
+    for _ in 0..2 {
+        let log = d.step().unwrap();
+        for v in [
+            log.teacher_loss,
+            log.student_loss,
+            log.discriminator_loss,
+            log.identity,
+            log.mse,
+            log.swd,
+        ] {
+            assert!(v.is_finite(), "a loss is not finite: {log:?}");
+        }
+    }
+    for ((name, snap), (_, vs)) in frozen.iter().zip(d.frozen_stores()) {
+        for (k, v) in vs.variables() {
+            assert!(snap[&k].equal(&v), "{name}: frozen weight {k} changed");
+        }
+    }
+    let after = trained_before(&d);
+    let moved = before
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| !a.equal(b))
+        .count();
+    assert_eq!(
+        moved,
+        before.len(),
+        "every trainable tensor moves ({moved} of {})",
+        before.len()
+    );
+    // Multi-concept: both new rows train, not only the last.
+    for row in 0..2 {
+        assert!(
+            !rows_before.get(row).equal(&d.rows.rows.get(row)),
+            "token row {row} did not train"
+        );
+    }
+}
+
+fn fit_cli(args: &[&str]) -> Output {
+    run_binary("trainer", &[&["fit"], args].concat())
+}
+
+#[test]
+fn fit_command_writes_the_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, teacher) = tiny_models(dir.path());
+    let run = dir.path().join("run");
+    let images = dreambench("dog");
+    let mut args: Vec<String> = vec![
+        "--images".into(),
+        images.display().to_string(),
+        "--token".into(),
+        "<new1>".into(),
+        "--class".into(),
+        "dog".into(),
+        "--out".into(),
+        run.display().to_string(),
+    ];
+    for o in overrides(&student, &teacher, &["iterations=2"]) {
+        args.push("--set".into());
+        args.push(o);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = fit_cli(&refs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = fs::read_to_string(run.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    for key in [
+        "teacher_loss",
+        "student_loss",
+        "identity",
+        "mse",
+        "swd",
+        "adversarial",
+        "c_t",
+        "lr_student",
+        "seconds",
+    ] {
+        assert!(first.get(key).is_some(), "log.jsonl lacks {key}");
+    }
+    let student_kv: HashMap<String, Tensor> =
+        Tensor::read_safetensors(run.join("student.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert!(
+        !student_kv.is_empty()
+            && student_kv
+                .keys()
+                .all(|k| k.contains(".attn2.to_k.") || k.contains(".attn2.to_v."))
+    );
+    let tokens: HashMap<String, Tensor> = Tensor::read_safetensors(run.join("tokens.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(tokens.keys().collect::<Vec<_>>(), ["<new1>"]);
+    let tokenizer = runtime::ClipTokenizer::from_dir(&run.join("tokenizer")).unwrap();
+    assert_eq!(tokenizer.token_to_id("<new1>"), Some(49408));
+    let resolved = FitConfig::load(Some(&run.join("config.yaml")), &[]).unwrap();
+    assert_eq!(resolved.iterations, 2);
+}
+
+fn assert_refused(out: &Output, expected: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure: {err}");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+    assert!(err.contains(expected), "stderr lacks {expected:?}: {err}");
+}
+
+#[test]
+fn bad_fit_input_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, teacher) = tiny_models(dir.path());
+    let run_with = |images: &Path, token: &str, extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "--images".into(),
+            images.display().to_string(),
+            "--token".into(),
+            token.into(),
+            "--class".into(),
+            "dog".into(),
+            "--out".into(),
+            dir.path().join("run").display().to_string(),
+        ];
+        for o in overrides(&student, &teacher, &[&["iterations=1"], extra].concat()) {
+            args.push("--set".into());
+            args.push(o);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fit_cli(&refs)
+    };
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    assert_refused(&run_with(&empty, "<new1>", &[]), "has no images");
+
+    let broken = dir.path().join("broken");
+    fs::create_dir_all(&broken).unwrap();
+    let jpeg = fs::read(dreambench("dog").join("00.jpg")).unwrap();
+    fs::write(broken.join("half.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    assert_refused(&run_with(&broken, "<new1>", &[]), "half.jpg is truncated");
+
+    let photos = dreambench("dog");
+    assert_refused(&run_with(&photos, "dog", &[]), "already in the vocabulary");
+    assert_refused(
+        &run_with(
+            &photos,
+            "<new1>",
+            &["concepts=[{images: x, token: '<new1>', class: dog, init_word: 'big dog'}]"],
+        ),
+        "",
+    );
+    let out = run_with(&photos, "<new1>", &["resolution=100"]);
+    assert_refused(&out, "resolution 100");
+}
