@@ -11,6 +11,7 @@ use tch::{nn, Tensor};
 use tests::{clip_tokenizer_dir, run_binary};
 use trainer::fit::config::FitConfig;
 use trainer::fit::distill::Distiller;
+use trainer::fit::run_dir::{load_trained, Trained};
 
 /// DreamBench's photos, read in place (CC-BY-4.0; never copied into the repository).
 fn dreambench(subject: &str) -> PathBuf {
@@ -215,6 +216,53 @@ fn fit_command_writes_the_run_folder() {
     assert_eq!(tokenizer.token_to_id("<new1>"), Some(49408));
     let resolved = FitConfig::load(Some(&run.join("config.yaml")), &[]).unwrap();
     assert_eq!(resolved.iterations, 2);
+
+    // The run samples with its learned weights and token.
+    let opts = trainer::checkpoint::LoadOptions {
+        device: tch::Device::Cpu,
+        kind: tch::Kind::Float,
+        variant: None,
+    };
+    for (which, file) in [
+        (Trained::Student, "student.safetensors"),
+        (Trained::Teacher, "teacher.safetensors"),
+    ] {
+        let p = load_trained(&run, which, opts).unwrap();
+        let learned: HashMap<String, Tensor> = Tensor::read_safetensors(run.join(file))
+            .unwrap()
+            .into_iter()
+            .collect();
+        let vars = p.unet.vs.variables();
+        assert!(
+            learned.iter().all(|(k, v)| vars[k].equal(v)),
+            "{which:?}: learned K/V not applied"
+        );
+        assert_eq!(p.text_encoder.model.num_ids(), 49409);
+        assert_eq!(p.tokenizer.encode("a <new1> dog").ids[2], 49408);
+    }
+    let png = dir.path().join("s.png");
+    for args in [
+        vec!["--steps", "1"],
+        vec!["--steps", "4", "--scheduler", "euler-ancestral"],
+        vec!["--teacher", "--steps", "25", "--guidance", "7.5"],
+    ] {
+        let mut full = vec![
+            "sample",
+            "--run",
+            run.to_str().unwrap(),
+            "--prompt",
+            "a <new1> dog on the beach",
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        full.extend(args.iter().copied());
+        let out = run_binary("trainer", &full);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 fn assert_refused(out: &Output, expected: &str) {

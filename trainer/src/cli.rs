@@ -131,8 +131,14 @@ pub struct DeviceArgs {
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// A diffusers model folder or a Hugging Face repo id (e.g. stabilityai/sd-turbo).
-    #[arg(long, value_name = "DIR|REPO")]
-    pub model: String,
+    #[arg(long, value_name = "DIR|REPO", required_unless_present = "run")]
+    pub model: Option<String>,
+    /// A `trainer fit` run folder: sample its trained student (or, with --teacher, teacher).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "model")]
+    pub run: Option<PathBuf>,
+    /// With --run: sample the trained teacher instead of the student.
+    #[arg(long, requires = "run")]
+    pub teacher: bool,
     /// What to draw.
     #[arg(long, value_name = "TEXT")]
     pub prompt: String,

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use runtime::scheduler::SchedulerKind;
 use tch::{Device, Kind, Tensor};
 use trainer::checkpoint::{model_dir, LoadOptions};
+use trainer::fit::run_dir::{load_trained, Trained};
 use trainer::sampling::{NoiseSource, Pipeline, SampleRequest};
 
 use crate::cli::{DeviceArgs, SampleArgs};
@@ -108,16 +109,24 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         Some(path) => NoiseSource::from_file(path)?,
         None => NoiseSource::Seed(args.seed),
     };
-    let dir = model_dir(&args.model)?;
     let start = Instant::now();
-    let pipeline = Pipeline::load(
-        &dir,
-        LoadOptions {
-            device,
-            kind,
-            variant: args.device.variant.as_deref(),
-        },
-    )?;
+    let opts = LoadOptions {
+        device,
+        kind,
+        variant: args.device.variant.as_deref(),
+    };
+    let pipeline = match (&args.run, &args.model) {
+        (Some(run), _) => {
+            let which = if args.teacher {
+                Trained::Teacher
+            } else {
+                Trained::Student
+            };
+            load_trained(run, which, opts)?
+        }
+        (None, Some(model)) => Pipeline::load(&model_dir(model)?, opts)?,
+        (None, None) => bail!("give --model DIR|REPO or --run RUN_DIR"),
+    };
     let load_secs = start.elapsed().as_secs_f64();
     let factor = pipeline.vae.model.config().downscale_factor();
     let default_size = pipeline

@@ -5,4 +5,5 @@
 pub mod config;
 pub mod data;
 pub mod distill;
+pub mod run_dir;
 pub mod trainable;
