@@ -317,3 +317,85 @@ fn bad_fit_input_is_refused_up_front() {
     let out = run_with(&photos, "<new1>", &["resolution=100"]);
     assert_refused(&out, "resolution 100");
 }
+
+fn read_all(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn resumed_runs_end_bit_identical_to_uninterrupted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, teacher) = tiny_models(dir.path());
+    let concept = format!(
+        "concepts=[{{images: '{}', token: '<new1>', class: dog}}]",
+        dreambench("dog").display()
+    );
+    let config = || {
+        FitConfig::load(
+            None,
+            &overrides(
+                &student,
+                &teacher,
+                &[&concept, "iterations=4", "save_every=0"],
+            ),
+        )
+        .unwrap()
+    };
+
+    let straight = dir.path().join("straight");
+    trainer::fit::distill::run(config(), &straight, false).unwrap();
+
+    // Two iterations, a checkpoint, then the process "dies".
+    let resumed = dir.path().join("resumed");
+    fs::create_dir_all(&resumed).unwrap();
+    fs::write(resumed.join("config.yaml"), config().to_yaml().unwrap()).unwrap();
+    {
+        let mut d = Distiller::new(config()).unwrap();
+        let mut log = String::new();
+        let mut step = |d: &mut Distiller| {
+            let s = d.step().unwrap();
+            log.push_str(&format!("{}\n", s.to_json((0.0, 0.0, 0.0))));
+            fs::write(resumed.join("log.jsonl"), &log).unwrap();
+        };
+        step(&mut d);
+        step(&mut d);
+        d.save_checkpoint(&resumed).unwrap();
+        step(&mut d); // work lost in the crash: its log line is dropped on resume
+    }
+    // A crash between the checkpoint swap's two renames leaves only the previous folder.
+    fs::rename(resumed.join("checkpoint"), resumed.join(".checkpoint.old")).unwrap();
+    let out = run_binary(
+        "trainer",
+        &["fit", "--resume", "--out", resumed.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for file in [
+        "student.safetensors",
+        "teacher.safetensors",
+        "tokens.safetensors",
+    ] {
+        let (a, b) = (
+            read_all(&straight.join(file)),
+            read_all(&resumed.join(file)),
+        );
+        assert_eq!(a.len(), b.len());
+        for (k, v) in &a {
+            assert!(v.equal(&b[k]), "{file}: {k} differs after resuming");
+        }
+    }
+    let lines = |p: &Path| {
+        fs::read_to_string(p.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!((lines(&straight), lines(&resumed)), (4, 4));
+}

@@ -80,6 +80,9 @@ pub struct FitArgs {
     /// Print the resolved config and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Continue the run in --out from its last checkpoint (its config.yaml is used).
+    #[arg(long, conflicts_with_all = ["config", "images", "set"])]
+    pub resume: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,16 @@ use trainer::fit::config::FitConfig;
 use crate::cli::FitArgs;
 
 pub fn run(args: &FitArgs) -> Result<()> {
+    if args.resume {
+        let config = FitConfig::load(Some(&args.out.join("config.yaml")), &[])?;
+        let log = trainer::fit::distill::run(config, &args.out, true)?;
+        println!(
+            "resumed and finished {} (log {})",
+            args.out.display(),
+            log.display()
+        );
+        return Ok(());
+    }
     let mut overrides = Vec::new();
     if let (Some(images), Some(token), Some(class)) = (&args.images, &args.token, &args.class) {
         // One concept from the flags, written as YAML so it goes through the same validation.
@@ -23,7 +33,7 @@ pub fn run(args: &FitArgs) -> Result<()> {
         print!("{}", config.to_yaml()?);
         return Ok(());
     }
-    let log = trainer::fit::distill::run(config, &args.out)?;
+    let log = trainer::fit::distill::run(config, &args.out, false)?;
     println!(
         "wrote {} (student.safetensors, teacher.safetensors, tokens.safetensors, tokenizer/, config.yaml; log {})",
         args.out.display(),

@@ -117,6 +117,8 @@ pub struct FitConfig {
     pub device: String,
     /// f32, f16 or bf16 for the frozen networks (trained weights stay f32).
     pub dtype: String,
+    /// Checkpoint every this many iterations (0: only at the end).
+    pub save_every: usize,
 }
 
 impl Default for FitConfig {
@@ -143,6 +145,7 @@ impl Default for FitConfig {
             seed: 0,
             device: "cpu".into(),
             dtype: "f32".into(),
+            save_every: 100,
         }
     }
 }

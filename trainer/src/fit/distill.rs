@@ -12,11 +12,12 @@ use runtime::scheduler::config::SchedulerConfigFile;
 use runtime::scheduler::{PredictionType, SchedulerConfig};
 use runtime::{ClipTokenizer, GaussianRng, Scheduler};
 use serde_json::json;
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::config::FitConfig;
 use super::data::{augment, load_photos, prompt, Photo};
+use super::optim::AdamW;
 use super::trainable::{CrossAttentionKv, TokenRows};
 use crate::checkpoint::{load_text_encoder, load_unet, load_vae, model_dir, LoadOptions, Loaded};
 use crate::discriminator::Backbone;
@@ -53,10 +54,10 @@ pub struct Distiller {
     pub rows: TokenRows,
     /// Losses and discriminators.
     pub losses: LossStack,
-    opt_teacher: nn::Optimizer,
-    opt_rows: nn::Optimizer,
-    opt_student: nn::Optimizer,
-    opt_heads: Option<nn::Optimizer>,
+    opt_teacher: AdamW,
+    opt_rows: AdamW,
+    opt_student: AdamW,
+    opt_heads: Option<AdamW>,
     photos: Vec<(usize, Photo)>,
     subjects: Vec<String>,
     rng: GaussianRng,
@@ -92,16 +93,8 @@ pub struct StepLog {
     pub seconds: f64,
 }
 
-fn optimizer(vs: &nn::VarStore, config: &FitConfig, lr: f64) -> Result<nn::Optimizer> {
-    let a = &config.adam;
-    Ok(nn::AdamW {
-        beta1: a.beta1,
-        beta2: a.beta2,
-        wd: a.weight_decay,
-        eps: a.eps,
-        amsgrad: false,
-    }
-    .build(vs, lr)?)
+fn optimizer(vs: &nn::VarStore, config: &FitConfig, lr: f64) -> Result<AdamW> {
+    Ok(AdamW::new(vs, lr, &config.adam))
 }
 
 /// The L2 norm of all gradients of `vs`, then scales them to at most `max` (0 when none).
@@ -379,7 +372,13 @@ impl Distiller {
         // 1. Teacher: the diffusion loss on the real photos (trains teacher K/V and token rows).
         let x0 = tch::no_grad(|| {
             let posterior = self.vae.model.encode(&images.to_kind(self.kind));
-            let noise = Tensor::randn_like(&posterior.mean);
+            // From the run's own generator, so a checkpoint captures every random draw.
+            let size = posterior.mean.size();
+            let n: i64 = size.iter().product();
+            let noise = Tensor::from_slice(&self.rng.normal(n as usize))
+                .view(size.as_slice())
+                .to_device(self.device)
+                .to_kind(posterior.mean.kind());
             posterior.sample_with(&noise).to_kind(Kind::Float) * scaling
         });
         let ts: Vec<usize> = (0..b).map(|_| self.timestep()).collect();
@@ -523,6 +522,129 @@ impl Distiller {
         stores
     }
 
+    /// Iterations done so far.
+    pub fn iteration(&self) -> usize {
+        self.iteration
+    }
+
+    fn optimizers(&self) -> Vec<(&'static str, &AdamW)> {
+        let mut v = vec![
+            ("teacher_kv", &self.opt_teacher),
+            ("token_rows", &self.opt_rows),
+            ("student_kv", &self.opt_student),
+        ];
+        if let Some(h) = &self.opt_heads {
+            v.push(("heads", h));
+        }
+        v
+    }
+
+    fn trained_stores(&self) -> [(&'static str, &nn::VarStore); 4] {
+        [
+            ("teacher_kv", &self.kv_teacher.vs),
+            ("token_rows", &self.rows.vs),
+            ("student_kv", &self.kv_student.vs),
+            ("heads", &self.losses.ensemble.heads),
+        ]
+    }
+
+    /// Writes `run/checkpoint/` (trained weights, optimiser moments, generator states and the
+    /// iteration) into a fresh folder beside it, then swaps it in, so a crash at any moment
+    /// leaves a complete checkpoint (the new one or the previous one).
+    pub fn save_checkpoint(&mut self, run: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (prefix, vs) in self.trained_stores() {
+            for (name, t) in vs.variables() {
+                tensors.push((
+                    format!("{prefix}.{name}"),
+                    t.detach().to_device(Device::Cpu),
+                ));
+            }
+        }
+        let mut steps = serde_json::Map::new();
+        for (prefix, opt) in self.optimizers() {
+            let (state, n) = opt.state(&format!("adam.{prefix}"));
+            tensors.extend(
+                state
+                    .into_iter()
+                    .map(|(k, t)| (k, t.to_device(Device::Cpu))),
+            );
+            steps.insert(prefix.to_string(), json!(n));
+        }
+        let state = json!({
+            "iteration": self.iteration,
+            "rng": self.rng.state(),
+            "ms_swd_rng": self.losses.ms_swd.rng_mut().state(),
+            "adam_steps": steps,
+        });
+        let dir = run.join("checkpoint");
+        let tmp = run.join(format!(".checkpoint.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        Tensor::write_safetensors(&tensors, tmp.join("state.safetensors"))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(
+            tmp.join("state.json"),
+            serde_json::to_string_pretty(&state)?,
+        )?;
+        let old = run.join(".checkpoint.old");
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(&dir, &old)?;
+        }
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Restores `run/checkpoint/` (or the previous one, if a crash interrupted the swap).
+    pub fn load_checkpoint(&mut self, run: &Path) -> Result<()> {
+        let dir = [run.join("checkpoint"), run.join(".checkpoint.old")]
+            .into_iter()
+            .find(|d| d.join("state.json").is_file())
+            .with_context(|| format!("{} has no checkpoint to resume from", run.display()))?;
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+                .with_context(|| format!("{}/state.json is malformed", dir.display()))?;
+        let tensors: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("state.safetensors"))
+                .with_context(|| format!("cannot read {}/state.safetensors", dir.display()))?
+                .into_iter()
+                .collect();
+        tch::no_grad(|| -> Result<()> {
+            for (prefix, vs) in self.trained_stores() {
+                for (name, var) in vs.variables() {
+                    let saved = tensors
+                        .get(&format!("{prefix}.{name}"))
+                        .with_context(|| format!("the checkpoint lacks {prefix}.{name}"))?;
+                    var.shallow_clone().copy_(saved);
+                }
+            }
+            Ok(())
+        })?;
+        let steps = |k: &str| state["adam_steps"][k].as_i64().unwrap_or(0);
+        self.opt_teacher
+            .load_state("adam.teacher_kv", &tensors, steps("teacher_kv"))?;
+        self.opt_rows
+            .load_state("adam.token_rows", &tensors, steps("token_rows"))?;
+        self.opt_student
+            .load_state("adam.student_kv", &tensors, steps("student_kv"))?;
+        if let Some(h) = self.opt_heads.as_mut() {
+            h.load_state("adam.heads", &tensors, steps("heads"))?;
+        }
+        let rng = |k: &str| -> Result<[u64; 4]> {
+            serde_json::from_value(state[k].clone()).with_context(|| format!("state.json: bad {k}"))
+        };
+        self.rng = GaussianRng::from_state(rng("rng")?);
+        *self.losses.ms_swd.rng_mut() = GaussianRng::from_state(rng("ms_swd_rng")?);
+        self.iteration = state["iteration"]
+            .as_u64()
+            .context("state.json: no iteration")? as usize;
+        Ok(())
+    }
+
     /// The config this run uses.
     pub fn config(&self) -> &FitConfig {
         &self.config
@@ -563,12 +685,34 @@ impl StepLog {
     }
 }
 
-/// Runs every iteration with a progress bar, appending to `out/log.jsonl`, then saves.
-pub fn run(config: FitConfig, out: &Path) -> Result<PathBuf> {
+/// Runs every iteration with a progress bar, appending to `out/log.jsonl`, checkpointing every
+/// `save_every` iterations and at the end, then writes the results. With `resume`, continues
+/// from `out/checkpoint` to the same final weights an uninterrupted run reaches.
+pub fn run(config: FitConfig, out: &Path, resume: bool) -> Result<PathBuf> {
     let mut d = Distiller::new(config)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let log_path = out.join("log.jsonl");
-    let mut log = std::fs::File::create(&log_path)
+    if resume {
+        d.load_checkpoint(out)?;
+        // Drop log lines past the checkpoint: those iterations run again.
+        let kept: Vec<String> = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .take(d.iteration())
+            .map(str::to_string)
+            .collect();
+        crate::checkpoint::write_text_atomic(
+            &log_path,
+            &kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )?;
+    } else {
+        crate::checkpoint::write_text_atomic(&out.join("config.yaml"), &d.config().to_yaml()?)?;
+        std::fs::write(&log_path, "")
+            .with_context(|| format!("cannot write {}", log_path.display()))?;
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
         .with_context(|| format!("cannot write {}", log_path.display()))?;
     let c = d.config().clone();
     let lrs = (
@@ -588,7 +732,8 @@ pub fn run(config: FitConfig, out: &Path) -> Result<PathBuf> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    for _ in 0..c.iterations {
+    bar.set_position(d.iteration() as u64);
+    while d.iteration() < c.iterations {
         let s = d.step()?;
         writeln!(log, "{}", s.to_json(lrs))?;
         bar.set_message(format!(
@@ -596,8 +741,12 @@ pub fn run(config: FitConfig, out: &Path) -> Result<PathBuf> {
             s.teacher_loss, s.student_loss
         ));
         bar.inc(1);
+        if c.save_every > 0 && d.iteration() % c.save_every == 0 && d.iteration() < c.iterations {
+            d.save_checkpoint(out)?;
+        }
     }
     bar.finish();
+    d.save_checkpoint(out)?;
     d.save(out)?;
     Ok(log_path)
 }

@@ -5,5 +5,6 @@
 pub mod config;
 pub mod data;
 pub mod distill;
+pub mod optim;
 pub mod run_dir;
 pub mod trainable;

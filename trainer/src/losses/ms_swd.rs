@@ -141,6 +141,11 @@ impl MsSwd {
         }
     }
 
+    /// The direction generator (its state is part of a training checkpoint).
+    pub fn rng_mut(&mut self) -> &mut GaussianRng {
+        &mut self.rng
+    }
+
     /// Fresh unit directions (projections, 3, patch, patch).
     pub fn sample_directions(&mut self, kind: Kind, device: tch::Device) -> Tensor {
         let per = (3 * self.patch * self.patch) as usize;
