@@ -124,6 +124,24 @@ fn clip_gradients(vs: &nn::VarStore, max: f64) -> f64 {
     })
 }
 
+/// Linear layers' usual scale: weights N(0, 1/fan_in), biases zero.
+fn init_heads(vs: &nn::VarStore, rng: &mut GaussianRng) {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (_, mut var) in vars {
+            let size = var.size();
+            let value = if size.len() == 2 {
+                let n = (size[0] * size[1]) as usize;
+                Tensor::from_slice(&rng.normal(n)).view(size.as_slice()) / (size[1] as f64).sqrt()
+            } else {
+                Tensor::zeros(size.as_slice(), (Kind::Float, Device::Cpu))
+            };
+            var.copy_(&value);
+        }
+    });
+}
+
 fn scheduler_config(model: &Path) -> Result<SchedulerConfigFile> {
     let path = model.join("scheduler").join("scheduler_config.json");
     let text = std::fs::read_to_string(&path)
@@ -158,7 +176,6 @@ impl Distiller {
         config.validate()?;
         let device = parse_device(&config.device)?;
         let kind = parse_kind(&config.dtype)?;
-        tch::manual_seed(config.seed as i64);
         let mut rng = GaussianRng::new(config.seed);
 
         let mut photos = Vec::new();
@@ -258,6 +275,9 @@ impl Distiller {
             } else {
                 1.0
             };
+        // Heads start from the run's generator, not torch's global one, so a seed fixes the run
+        // whatever else the process does.
+        init_heads(&losses.ensemble.heads, &mut rng);
         let opt_teacher = optimizer(&kv_teacher.vs, &config, config.lr_teacher)?;
         let opt_rows = optimizer(&rows.vs, &config, config.lr_teacher)?;
         let opt_student = optimizer(&kv_student.vs, &config, student_lr)?;
