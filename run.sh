@@ -143,11 +143,11 @@ demo() {
     "$trainer" sample --model "$out/tiny-teacher" --prompt 'a dog on the beach' --seed 0 --steps 25 \
         --guidance 7.5 --out "$out/teacher-25step.png"
     echo
-    echo "== EchoDistill's distillation stage on the project's example concept (a toy, 4 photos)"
+    echo "== EchoDistill on the project's example concept (a toy, 4 photos): distillation, then echo"
     "$trainer" fit --images "$ROOT/trainer/assets/example-concept" --token '<new1>' --class toy \
         --out "$out/run" --set "student=$out/tiny-student" --set "teacher=$out/tiny-teacher" \
         --set "towers=$out/tiny-student/towers" --set resolution=96 --set dino_v2_size=56 \
-        --set iterations=10
+        --set iterations=10 --set echo.samples=4 --set echo.iterations=5
     echo "== the trained student, one step, with the learned token"
     "$trainer" sample --run "$out/run" --prompt 'a <new1> toy on the beach' --seed 0 \
         --out "$out/run-student-1step.png"

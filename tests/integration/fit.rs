@@ -58,6 +58,7 @@ fn overrides(student: &Path, teacher: &Path, extra: &[&str]) -> Vec<String> {
         format!("towers={}", student.join("towers").display()),
         "resolution=96".into(),
         "dino_v2_size=56".into(),
+        "echo.enabled=false".into(),
     ];
     o.extend(extra.iter().map(|s| s.to_string()));
     o
@@ -398,4 +399,119 @@ fn resumed_runs_end_bit_identical_to_uninterrupted_ones() {
             .count()
     };
     assert_eq!((lines(&straight), lines(&resumed)), (4, 4));
+}
+
+#[test]
+fn echo_stage_trains_on_student_samples_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, teacher) = tiny_models(dir.path());
+    let photos = dreambench("dog");
+    let concept = format!(
+        "concepts=[{{images: '{}', token: '<new1>', class: dog}}]",
+        photos.display()
+    );
+    let echo = [
+        "iterations=1",
+        "save_every=0",
+        "echo.enabled=true",
+        "echo.samples=3",
+        "echo.iterations=2",
+    ];
+    let config = || {
+        FitConfig::load(
+            None,
+            &overrides(
+                &student,
+                &teacher,
+                &[&[concept.as_str()], &echo[..]].concat(),
+            ),
+        )
+        .unwrap()
+    };
+
+    // The data swap: after the boundary every training image is a student sample.
+    let swap = dir.path().join("swap");
+    let mut d = Distiller::new(config()).unwrap();
+    assert!(d.training_sources().iter().all(|p| p.starts_with(&photos)));
+    d.step().unwrap();
+    d.generate_echo(&swap).unwrap();
+    let sources = d.training_sources();
+    assert_eq!(sources.len(), 3);
+    assert!(
+        sources.iter().all(|p| p.starts_with(swap.join("echo"))),
+        "{sources:?}"
+    );
+    drop(d);
+    let mixed = FitConfig::load(
+        None,
+        &overrides(
+            &student,
+            &teacher,
+            &[&[concept.as_str(), "echo.mix_real=true"], &echo[..]].concat(),
+        ),
+    )
+    .unwrap();
+    let mut d = Distiller::new(mixed).unwrap();
+    d.generate_echo(&dir.path().join("mixed")).unwrap();
+    assert_eq!(
+        d.training_sources().len(),
+        3 + fs::read_dir(&photos).unwrap().count()
+    );
+    drop(d);
+
+    // A whole run: 1 distillation + 2 echo iterations, against one resumed inside the echo stage.
+    let straight = dir.path().join("straight");
+    trainer::fit::distill::run(config(), &straight, false).unwrap();
+    assert_eq!(
+        fs::read_to_string(straight.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(fs::read_dir(straight.join("echo")).unwrap().count(), 3);
+
+    let resumed = dir.path().join("resumed");
+    fs::create_dir_all(&resumed).unwrap();
+    fs::write(resumed.join("config.yaml"), config().to_yaml().unwrap()).unwrap();
+    {
+        let mut d = Distiller::new(config()).unwrap();
+        let mut log = String::new();
+        let mut step = |d: &mut Distiller| {
+            let s = d.step().unwrap();
+            log.push_str(&format!("{}\n", s.to_json((0.0, 0.0, 0.0))));
+            fs::write(resumed.join("log.jsonl"), &log).unwrap();
+        };
+        step(&mut d);
+        d.save_checkpoint(&resumed).unwrap();
+        d.generate_echo(&resumed).unwrap();
+        d.save_checkpoint(&resumed).unwrap();
+        step(&mut d);
+        d.save_checkpoint(&resumed).unwrap();
+    }
+    let out = run_binary(
+        "trainer",
+        &["fit", "--resume", "--out", resumed.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "student.safetensors",
+        "teacher.safetensors",
+        "tokens.safetensors",
+    ] {
+        let (a, b) = (
+            read_all(&straight.join(file)),
+            read_all(&resumed.join(file)),
+        );
+        for (k, v) in &a {
+            assert!(
+                v.equal(&b[k]),
+                "{file}: {k} differs after resuming in the echo stage"
+            );
+        }
+    }
 }

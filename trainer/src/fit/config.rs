@@ -71,6 +71,33 @@ impl Default for Losses {
     }
 }
 
+/// The echo stage (SPEC §5): after distillation, the student's own samples replace the photos.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Echo {
+    /// Run the echo stage.
+    pub enabled: bool,
+    /// Student samples to generate (spread over the concepts).
+    pub samples: usize,
+    /// Iterations trained on them.
+    pub iterations: usize,
+    /// Keep the real photos in the training set beside the samples.
+    pub mix_real: bool,
+}
+
+impl Default for Echo {
+    fn default() -> Self {
+        // The paper leaves N and the length open; half the distillation length on 16 samples
+        // (about 3-5x the photos) keeps the stage cheap.
+        Self {
+            enabled: true,
+            samples: 16,
+            iterations: 500,
+            mix_real: false,
+        }
+    }
+}
+
 /// Every setting of `trainer fit`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -119,6 +146,8 @@ pub struct FitConfig {
     pub dtype: String,
     /// Checkpoint every this many iterations (0: only at the end).
     pub save_every: usize,
+    /// The echo stage.
+    pub echo: Echo,
 }
 
 impl Default for FitConfig {
@@ -146,6 +175,7 @@ impl Default for FitConfig {
             device: "cpu".into(),
             dtype: "f32".into(),
             save_every: 100,
+            echo: Echo::default(),
         }
     }
 }
@@ -173,6 +203,16 @@ fn set_key(root: &mut serde_yaml::Value, key: &str, value: &str) -> Result<()> {
 }
 
 impl FitConfig {
+    /// Distillation plus echo iterations.
+    pub fn total_iterations(&self) -> usize {
+        self.iterations
+            + if self.echo.enabled {
+                self.echo.iterations
+            } else {
+                0
+            }
+    }
+
     /// The defaults, overlaid with `file` (if any), then with `overrides` (`key=value`).
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut root = serde_yaml::to_value(Self::default())?;
@@ -203,6 +243,10 @@ impl FitConfig {
         );
         ensure!(self.batch_size > 0, "batch_size must be at least 1");
         ensure!(self.iterations > 0, "iterations must be at least 1");
+        ensure!(
+            !self.echo.enabled || self.echo.samples > 0,
+            "echo.samples must be at least 1 when the echo stage is on"
+        );
         ensure!(
             !self.concepts.is_empty(),
             "no concept: give --images, --token and --class, or a concepts: list"

@@ -28,6 +28,20 @@ pub const TEMPLATES: [&str; 12] = [
     "a photo of a nice {}",
 ];
 
+/// Scene prompts for the echo stage's student samples (DreamBench-style, varied settings).
+pub const ECHO_TEMPLATES: [&str; 10] = [
+    "a photo of a {} on the beach",
+    "a {} in the jungle",
+    "a {} in the snow",
+    "a {} on a cobblestone street",
+    "a {} with a city in the background",
+    "a {} on top of a wooden floor",
+    "a {} floating on top of water",
+    "a {} on top of green grass with sunflowers around it",
+    "a {} with a mountain in the background",
+    "a {} on top of a purple rug in a forest",
+];
+
 /// One photo, upright and RGB.
 #[derive(Debug, Clone)]
 pub struct Photo {
@@ -133,6 +147,12 @@ pub fn augment(photo: &RgbImage, size: u32, min_scale: f64, rng: &mut GaussianRn
 pub fn prompt(subject: &str, rng: &mut GaussianRng) -> String {
     let i = (rng.next_u64() % TEMPLATES.len() as u64) as usize;
     TEMPLATES[i].replace("{}", subject)
+}
+
+/// An echo-stage prompt for `subject` from a random scene template.
+pub fn echo_prompt(subject: &str, rng: &mut GaussianRng) -> String {
+    let i = (rng.next_u64() % ECHO_TEMPLATES.len() as u64) as usize;
+    ECHO_TEMPLATES[i].replace("{}", subject)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The distillation stage (SPEC §4): per iteration a teacher step on the real photos, a student
-//! step against the teacher's denoised target and the discriminators, and a discriminator step.
+//! step against the teacher's denoised target and the discriminators, and a discriminator step;
+//! then the echo stage (SPEC §5): the same loop with the student's own samples as the photos.
 //! Teacher and student share the teacher's text encoder; only the cross-attention K/V copies,
 //! the new token rows and the discriminator heads train.
 
@@ -16,7 +17,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::config::FitConfig;
-use super::data::{augment, load_photos, prompt, Photo};
+use super::data::{augment, echo_prompt, load_photos, prompt, Photo};
 use super::optim::AdamW;
 use super::trainable::{CrossAttentionKv, TokenRows};
 use crate::checkpoint::{load_text_encoder, load_unet, load_vae, model_dir, LoadOptions, Loaded};
@@ -59,6 +60,8 @@ pub struct Distiller {
     opt_student: AdamW,
     opt_heads: Option<AdamW>,
     photos: Vec<(usize, Photo)>,
+    real_photos: Vec<(usize, Photo)>,
+    echo_ready: bool,
     subjects: Vec<String>,
     rng: GaussianRng,
     iteration: usize,
@@ -311,7 +314,9 @@ impl Distiller {
             opt_rows,
             opt_student,
             opt_heads,
+            real_photos: photos.clone(),
             photos,
+            echo_ready: false,
             subjects,
             rng,
             iteration: 0,
@@ -596,6 +601,7 @@ impl Distiller {
             "rng": self.rng.state(),
             "ms_swd_rng": self.losses.ms_swd.rng_mut().state(),
             "adam_steps": steps,
+            "echo_ready": self.echo_ready,
         });
         let dir = run.join("checkpoint");
         let tmp = run.join(format!(".checkpoint.tmp-{}", std::process::id()));
@@ -662,6 +668,95 @@ impl Distiller {
         self.iteration = state["iteration"]
             .as_u64()
             .context("state.json: no iteration")? as usize;
+        if state["echo_ready"].as_bool().unwrap_or(false) {
+            self.load_echo(run)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the echo stage's samples are the training set now.
+    pub fn in_echo_stage(&self) -> bool {
+        self.echo_ready
+    }
+
+    /// Where each training image of the current stage came from.
+    pub fn training_sources(&self) -> Vec<PathBuf> {
+        self.photos.iter().map(|(_, p)| p.path.clone()).collect()
+    }
+
+    fn use_echo(&mut self, samples: Vec<(usize, Photo)>) {
+        self.photos = samples;
+        if self.config.echo.mix_real {
+            self.photos.extend(self.real_photos.iter().cloned());
+        }
+        self.echo_ready = true;
+    }
+
+    /// The echo stage's data (SPEC §5): `echo.samples` one-step student samples of varied
+    /// scene prompts with each concept's token, written to `run/echo/NNN.png`, then used in
+    /// place of the photos (beside them with `echo.mix_real`).
+    pub fn generate_echo(&mut self, run: &Path) -> Result<()> {
+        let dir = run.join("echo");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let res = self.config.resolution;
+        let factor = self.vae.model.config().downscale_factor();
+        let shape = [
+            1,
+            self.student.model.config().in_channels,
+            res / factor,
+            res / factor,
+        ];
+        let scaling = self.vae.model.config().scaling_factor;
+        let mut samples = Vec::new();
+        for i in 0..self.config.echo.samples {
+            let concept = i % self.subjects.len();
+            let subject = self.subjects[concept].clone();
+            let text = echo_prompt(&subject, &mut self.rng);
+            let z = self.normal(&shape);
+            let image = tch::no_grad(|| -> Result<Tensor> {
+                let sched = &self.student_scheduler;
+                let context = self.embed(std::slice::from_ref(&text)).to_kind(self.kind);
+                let latents = &z * f64::from(sched.init_noise_sigma());
+                let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
+                let t = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
+                let eps = self
+                    .student
+                    .model
+                    .forward(&x_in, &t, &context)
+                    .to_kind(Kind::Float);
+                let x0 = apply_step(&sched.step_coefficients(0)?, &latents, &eps, None).0;
+                let decoded = self.vae.model.decode(&(x0 / scaling).to_kind(self.kind));
+                Ok(decoded.to_kind(Kind::Float).clamp(-1.0, 1.0))
+            })?;
+            let chw: Vec<f32> = Vec::try_from(image.get(0).flatten(0, -1).to_device(Device::Cpu))?;
+            let rgb = runtime::image_tensor::chw_to_rgb8(&chw, res as usize, res as usize);
+            let img = image::RgbImage::from_raw(res as u32, res as u32, rgb)
+                .context("echo image size")?;
+            let path = dir.join(format!("{i:03}.png"));
+            let tmp = dir.join(format!(".{i:03}.png.tmp"));
+            img.save_with_format(&tmp, image::ImageFormat::Png)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)?;
+            samples.push((concept, Photo { path, image: img }));
+        }
+        self.use_echo(samples);
+        Ok(())
+    }
+
+    /// Reads the echo samples a checkpoint refers to.
+    fn load_echo(&mut self, run: &Path) -> Result<()> {
+        let mut samples = Vec::new();
+        for i in 0..self.config.echo.samples {
+            let path = run.join("echo").join(format!("{i:03}.png"));
+            let image = image::open(&path)
+                .with_context(|| {
+                    format!("the checkpoint needs the echo sample {}", path.display())
+                })?
+                .to_rgb8();
+            samples.push((i % self.subjects.len(), Photo { path, image }));
+        }
+        self.use_echo(samples);
         Ok(())
     }
 
@@ -745,7 +840,8 @@ pub fn run(config: FitConfig, out: &Path, resume: bool) -> Result<PathBuf> {
             },
         c.lr_discriminator,
     );
-    let bar = indicatif::ProgressBar::new(c.iterations as u64);
+    let total = c.total_iterations();
+    let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} it  {per_sec}  ETA {eta}  {msg}",
@@ -753,7 +849,15 @@ pub fn run(config: FitConfig, out: &Path, resume: bool) -> Result<PathBuf> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(d.iteration() as u64);
-    while d.iteration() < c.iterations {
+    while d.iteration() < total {
+        if c.echo.enabled && d.iteration() >= c.iterations && !d.in_echo_stage() {
+            // The stage boundary: checkpoint, sample the student, checkpoint again, so a crash
+            // in between regenerates the same samples from the first checkpoint.
+            d.save_checkpoint(out)?;
+            bar.set_message("echo: sampling the student");
+            d.generate_echo(out)?;
+            d.save_checkpoint(out)?;
+        }
         let s = d.step()?;
         writeln!(log, "{}", s.to_json(lrs))?;
         bar.set_message(format!(
@@ -761,7 +865,7 @@ pub fn run(config: FitConfig, out: &Path, resume: bool) -> Result<PathBuf> {
             s.teacher_loss, s.student_loss
         ));
         bar.inc(1);
-        if c.save_every > 0 && d.iteration() % c.save_every == 0 && d.iteration() < c.iterations {
+        if c.save_every > 0 && d.iteration() % c.save_every == 0 && d.iteration() < total {
             d.save_checkpoint(out)?;
         }
     }
