@@ -107,6 +107,7 @@ export_env() {
     export ECHODISTILL_CACHE="$CACHE"
     export ECHODISTILL_CLIP_TOKENIZER="$CLIP_TOKENIZER"
     export ECHODISTILL_PYTHON="$PYENV/bin/python"
+    export ECHODISTILL_DREAMBENCH="${ECHODISTILL_DREAMBENCH:-$ROOT/../shared/datasets/dreambooth}"
 }
 
 demo() {
@@ -193,7 +194,7 @@ setup_goldens_env() {
 goldens() {
     cd "$ROOT"
     setup_goldens_env
-    local dreambench="${ECHODISTILL_DREAMBENCH:-$ROOT/../shared/datasets/dreambooth}"
+    local dreambench="$ECHODISTILL_DREAMBENCH"
     "$PYENV/bin/python" tests/scripts/make_tokenizer_goldens.py --tokenizer "$CLIP_TOKENIZER" \
         --dreambench "$dreambench" --out tests/fixtures/tokenizer_goldens.json
     "$GOLDENS_ENV/bin/python" tests/scripts/make_scheduler_goldens.py --out tests/fixtures/scheduler_goldens.json
@@ -219,7 +220,7 @@ case "${1:-}" in
     goldens) setup; export_env; goldens ;;
     env)
         export_env
-        for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON; do
+        for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON ECHODISTILL_DREAMBENCH; do
             printf 'export %s=%q\n' "$v" "${!v}"
         done
         ;;

@@ -33,6 +33,20 @@ fn setup_path(var: &str) -> PathBuf {
     }
 }
 
+/// The DreamBench dataset folder: `ECHODISTILL_DREAMBENCH`, else `../shared/datasets/dreambooth`
+/// beside the workspace (where CI has it). Read in place, never copied (CC-BY-4.0).
+pub fn dreambench_dir() -> PathBuf {
+    let dir = std::env::var_os("ECHODISTILL_DREAMBENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/datasets/dreambooth"));
+    assert!(
+        dir.join("dataset").is_dir(),
+        "{} has no dataset/: set ECHODISTILL_DREAMBENCH to the DreamBench folder (CI has it in ../shared)",
+        dir.display()
+    );
+    dir
+}
+
 /// The real CLIP tokenizer folder that setup builds from the open-clip-torch wheel.
 pub fn clip_tokenizer_dir() -> PathBuf {
     setup_path("ECHODISTILL_CLIP_TOKENIZER")

@@ -15,15 +15,7 @@ use trainer::fit::run_dir::{load_trained, Trained};
 
 /// DreamBench's photos, read in place (CC-BY-4.0; never copied into the repository).
 fn dreambench(subject: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/datasets/dreambooth/dataset")
-        .join(subject);
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the DreamBench dataset lives in ../shared",
-        dir.display()
-    );
-    dir
+    tests::dreambench_dir().join("dataset").join(subject)
 }
 
 /// Tiny student and teacher (with towers) in `dir`.
