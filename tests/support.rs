@@ -81,3 +81,28 @@ pub fn run_binary(name: &str, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
 }
+
+/// Writes a seeded random-weight model of `architecture` to `out` with `trainer init-tiny` and
+/// the real CLIP vocabulary.
+pub fn init_tiny(out: &Path, architecture: &str, seed: &str) {
+    let tok = clip_tokenizer_dir();
+    let result = run_binary(
+        "trainer",
+        &[
+            "init-tiny",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--architecture",
+            architecture,
+            "--seed",
+            seed,
+            "--tokenizer",
+            tok.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use tch::{nn, Tensor};
-use tests::{clip_tokenizer_dir, run_binary};
+use tests::run_binary;
 use trainer::fit::config::FitConfig;
 use trainer::fit::distill::Distiller;
 use trainer::fit::run_dir::{load_trained, Trained};
@@ -20,26 +20,8 @@ fn dreambench(subject: &str) -> PathBuf {
 
 /// Tiny student and teacher (with towers) in `dir`.
 fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
-    let tok = clip_tokenizer_dir();
-    for (name, arch) in [("student", "tiny-student"), ("teacher", "tiny-teacher")] {
-        let out = run_binary(
-            "trainer",
-            &[
-                "init-tiny",
-                "--out",
-                dir.join(name).to_str().unwrap(),
-                "--architecture",
-                arch,
-                "--tokenizer",
-                tok.to_str().unwrap(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    tests::init_tiny(&dir.join("student"), "tiny-student", "0");
+    tests::init_tiny(&dir.join("teacher"), "tiny-teacher", "0");
     (dir.join("student"), dir.join("teacher"))
 }
 
@@ -318,6 +300,33 @@ fn read_all(path: &Path) -> HashMap<String, Tensor> {
         .collect()
 }
 
+/// Runs `trainer fit --resume` on `resumed` and checks its results equal `straight`'s bit for bit.
+fn resume_and_compare(straight: &Path, resumed: &Path, when: &str) {
+    let out = run_binary(
+        "trainer",
+        &["fit", "--resume", "--out", resumed.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "student.safetensors",
+        "teacher.safetensors",
+        "tokens.safetensors",
+    ] {
+        let (a, b) = (
+            read_all(&straight.join(file)),
+            read_all(&resumed.join(file)),
+        );
+        assert_eq!(a.len(), b.len());
+        for (k, v) in &a {
+            assert!(v.equal(&b[k]), "{file}: {k} differs after resuming {when}");
+        }
+    }
+}
+
 #[test]
 fn resumed_runs_end_bit_identical_to_uninterrupted_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,30 +369,7 @@ fn resumed_runs_end_bit_identical_to_uninterrupted_ones() {
     }
     // A crash between the checkpoint swap's two renames leaves only the previous folder.
     fs::rename(resumed.join("checkpoint"), resumed.join(".checkpoint.old")).unwrap();
-    let out = run_binary(
-        "trainer",
-        &["fit", "--resume", "--out", resumed.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    for file in [
-        "student.safetensors",
-        "teacher.safetensors",
-        "tokens.safetensors",
-    ] {
-        let (a, b) = (
-            read_all(&straight.join(file)),
-            read_all(&resumed.join(file)),
-        );
-        assert_eq!(a.len(), b.len());
-        for (k, v) in &a {
-            assert!(v.equal(&b[k]), "{file}: {k} differs after resuming");
-        }
-    }
+    resume_and_compare(&straight, &resumed, "");
     let lines = |p: &Path| {
         fs::read_to_string(p.join("log.jsonl"))
             .unwrap()
@@ -481,29 +467,5 @@ fn echo_stage_trains_on_student_samples_and_resumes() {
         step(&mut d);
         d.save_checkpoint(&resumed).unwrap();
     }
-    let out = run_binary(
-        "trainer",
-        &["fit", "--resume", "--out", resumed.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for file in [
-        "student.safetensors",
-        "teacher.safetensors",
-        "tokens.safetensors",
-    ] {
-        let (a, b) = (
-            read_all(&straight.join(file)),
-            read_all(&resumed.join(file)),
-        );
-        for (k, v) in &a {
-            assert!(
-                v.equal(&b[k]),
-                "{file}: {k} differs after resuming in the echo stage"
-            );
-        }
-    }
+    resume_and_compare(&straight, &resumed, "in the echo stage");
 }

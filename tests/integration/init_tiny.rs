@@ -10,26 +10,7 @@ use trainer::checkpoint::LoadOptions;
 use trainer::sampling::{NoiseSource, Pipeline, SampleRequest};
 
 fn init(out: &Path, architecture: &str, seed: &str) {
-    let tok = clip_tokenizer_dir();
-    let out = run_binary(
-        "trainer",
-        &[
-            "init-tiny",
-            "--out",
-            out.to_str().unwrap(),
-            "--architecture",
-            architecture,
-            "--seed",
-            seed,
-            "--tokenizer",
-            tok.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tests::init_tiny(out, architecture, seed);
 }
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {

@@ -5,6 +5,7 @@
 //! losses ([`losses`]).
 
 pub mod checkpoint;
+pub mod device;
 pub mod discriminator;
 pub mod fit;
 pub mod losses;

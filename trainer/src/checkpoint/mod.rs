@@ -99,8 +99,9 @@ pub fn expected_names(vs: &nn::VarStore) -> Vec<String> {
     names
 }
 
-/// Writes text through a temporary file beside `path`, renamed into place.
-pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+/// Writes `path` through `write` into a temporary file beside it, then renames it into place,
+/// so a crash never leaves a half-written file under the final name.
+pub fn write_beside(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
@@ -109,8 +110,20 @@ pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    write(&tmp)
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Writes text through a temporary file beside `path`.
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    write_beside(path, |tmp| {
+        std::fs::write(tmp, text).with_context(|| format!("cannot write {}", tmp.display()))
+    })
 }
 
 /// A path for messages.

@@ -6,7 +6,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use runtime::scheduler::SchedulerKind;
 use tch::{Device, Kind, Tensor};
-use trainer::checkpoint::{model_dir, LoadOptions};
+use trainer::checkpoint::{model_dir, write_beside, LoadOptions};
+use trainer::device::{parse_device, parse_kind};
 use trainer::fit::run_dir::{load_trained, Trained};
 use trainer::sampling::{NoiseSource, Pipeline, SampleRequest};
 
@@ -14,54 +15,8 @@ use crate::cli::{DeviceArgs, SampleArgs};
 
 /// Parses `--device` and `--dtype`.
 pub fn device_and_kind(args: &DeviceArgs) -> Result<(Device, Kind)> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Device::Cuda(n),
-            None => bail!("--device {other:?}: use cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(n) = device {
-        let available = tch::Cuda::device_count() as usize;
-        if n >= available {
-            bail!(
-                "--device {}: this machine has {available} CUDA device(s) visible to libtorch{}",
-                args.device,
-                if cfg!(feature = "cuda") {
-                    ""
-                } else {
-                    " (and this trainer was built without the `cuda` feature)"
-                }
-            );
-        }
-    }
-    let kind = match args.dtype.as_str() {
-        "f32" => Kind::Float,
-        "f16" => Kind::Half,
-        "bf16" => Kind::BFloat16,
-        other => bail!("--dtype {other:?}: use f32, f16 or bf16"),
-    };
-    Ok((device, kind))
-}
-
-/// Writes through a temporary file beside `path`, then renames it into place.
-pub fn write_beside(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    write(&tmp)
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-        })
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    let device = parse_device(&args.device).context("--device")?;
+    Ok((device, parse_kind(&args.dtype).context("--dtype")?))
 }
 
 /// Saves the first image of a (batch, 3, h, w) tensor in [-1, 1] as PNG.

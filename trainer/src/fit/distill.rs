@@ -21,6 +21,7 @@ use super::data::{augment, echo_prompt, load_photos, prompt, Photo};
 use super::optim::AdamW;
 use super::trainable::{CrossAttentionKv, TokenRows};
 use crate::checkpoint::{load_text_encoder, load_unet, load_vae, model_dir, LoadOptions, Loaded};
+use crate::device::{parse_device, parse_kind};
 use crate::discriminator::Backbone;
 use crate::losses::adversarial::AdversarialLoss;
 use crate::losses::alignment::AlignmentWeights;
@@ -150,26 +151,6 @@ fn scheduler_config(model: &Path) -> Result<SchedulerConfigFile> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", path.display()))
-}
-
-fn parse_device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Device::Cuda(n),
-            None => bail!("device {other:?}: use cpu, cuda or cuda:N"),
-        },
-    })
-}
-
-fn parse_kind(name: &str) -> Result<Kind> {
-    Ok(match name {
-        "f32" => Kind::Float,
-        "f16" => Kind::Half,
-        "bf16" => Kind::BFloat16,
-        other => bail!("dtype {other:?}: use f32, f16 or bf16"),
-    })
 }
 
 impl Distiller {
@@ -734,10 +715,10 @@ impl Distiller {
             let img = image::RgbImage::from_raw(res as u32, res as u32, rgb)
                 .context("echo image size")?;
             let path = dir.join(format!("{i:03}.png"));
-            let tmp = dir.join(format!(".{i:03}.png.tmp"));
-            img.save_with_format(&tmp, image::ImageFormat::Png)
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path)?;
+            crate::checkpoint::write_beside(&path, |tmp| {
+                img.save_with_format(tmp, image::ImageFormat::Png)
+                    .with_context(|| format!("cannot write {}", path.display()))
+            })?;
             samples.push((concept, Photo { path, image: img }));
         }
         self.use_echo(samples);

@@ -143,15 +143,8 @@ impl TokenRows {
 
 /// safetensors through a temporary file renamed into place.
 fn write_safetensors_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    Tensor::write_safetensors(tensors, &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::checkpoint::write_beside(path, |tmp| {
+        Tensor::write_safetensors(tensors, tmp)
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
 }
