@@ -148,7 +148,9 @@ demo() {
     "$trainer" fit --images "$ROOT/trainer/assets/example-concept" --token '<new1>' --class toy \
         --out "$out/run" --set "student=$out/tiny-student" --set "teacher=$out/tiny-teacher" \
         --set "towers=$out/tiny-student/towers" --set resolution=96 --set dino_v2_size=56 \
-        --set iterations=10 --set echo.samples=4 --set echo.iterations=5
+        --set iterations=10 --set echo.samples=4 --set echo.iterations=5 --set samples.every=5
+    echo "== the run: weights with provenance, a diffusers export, sample grids and report.html"
+    ls "$out/run" "$out/run/samples" "$out/run/diffusers"
     echo "== the trained student, one step, with the learned token"
     "$trainer" sample --run "$out/run" --prompt 'a <new1> toy on the beach' --seed 0 \
         --out "$out/run-student-1step.png"
@@ -159,8 +161,11 @@ demo() {
     "$trainer" bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
     "$trainer" bench-sample --model "$out/tiny-student" --iters 10
     "$trainer" bench-losses --towers "$out/tiny-student/towers" --iters 5
+    "$trainer" bench --student "$out/tiny-student" --teacher "$out/tiny-teacher" \
+        --towers "$out/tiny-student/towers" --images "$ROOT/trainer/assets/example-concept" \
+        --resolution 128 --dino-v2-size 56 --iters 5
     echo
-    echo "demo outputs are in $out"
+    echo "demo outputs are in $out (open $out/run/report.html)"
 }
 
 test_all() {

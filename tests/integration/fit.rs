@@ -11,21 +11,23 @@ use tch::{nn, Tensor};
 use tests::run_binary;
 use trainer::fit::config::FitConfig;
 use trainer::fit::distill::Distiller;
+use trainer::fit::outputs;
 use trainer::fit::run_dir::{load_trained, Trained};
+use trainer::fit::runner::{run, RunOptions, RunOutcome};
 
 /// DreamBench's photos, read in place (CC-BY-4.0; never copied into the repository).
-fn dreambench(subject: &str) -> PathBuf {
+pub fn dreambench(subject: &str) -> PathBuf {
     tests::dreambench_dir().join("dataset").join(subject)
 }
 
 /// Tiny student and teacher (with towers) in `dir`.
-fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
+pub fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     tests::init_tiny(&dir.join("student"), "tiny-student", "0");
     tests::init_tiny(&dir.join("teacher"), "tiny-teacher", "0");
     (dir.join("student"), dir.join("teacher"))
 }
 
-fn overrides(student: &Path, teacher: &Path, extra: &[&str]) -> Vec<String> {
+pub fn overrides(student: &Path, teacher: &Path, extra: &[&str]) -> Vec<String> {
     let mut o = vec![
         format!("student={}", student.display()),
         format!("teacher={}", teacher.display()),
@@ -33,12 +35,25 @@ fn overrides(student: &Path, teacher: &Path, extra: &[&str]) -> Vec<String> {
         "resolution=96".into(),
         "dino_v2_size=56".into(),
         "echo.enabled=false".into(),
+        // Small grids keep the tests fast; the grid code runs the same.
+        "samples.prompts=['a photo of a {}']".into(),
+        "samples.seeds=[0]".into(),
+        "samples.teacher_steps=2".into(),
     ];
     o.extend(extra.iter().map(|s| s.to_string()));
     o
 }
 
-fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+/// `trainer fit` in this process without a progress bar.
+pub fn run_quiet(config: FitConfig, out: &Path) {
+    let options = RunOptions {
+        quiet: true,
+        ..RunOptions::default()
+    };
+    assert_eq!(run(config, out, &options).unwrap(), RunOutcome::Finished);
+}
+
+pub fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
     vs.variables()
         .into_iter()
         .map(|(k, v)| (k, v.copy()))
@@ -72,7 +87,7 @@ fn distillation_trains_only_kv_token_rows_and_heads() {
     let trained_before = |d: &Distiller| -> Vec<Tensor> {
         let mut v: Vec<Tensor> = Vec::new();
         for vs in [
-            &d.kv_teacher.vs,
+            &d.teacher.as_ref().unwrap().kv.vs,
             &d.kv_student.vs,
             &d.rows.vs,
             &d.losses.ensemble.heads,
@@ -87,13 +102,14 @@ fn distillation_trains_only_kv_token_rows_and_heads() {
     let rows_before = d.rows.rows.copy();
     for _ in 0..2 {
         let log = d.step().unwrap();
+        let (t, s) = (log.teacher.clone().unwrap(), log.student.clone().unwrap());
         for v in [
-            log.teacher_loss,
-            log.student_loss,
-            log.discriminator_loss,
-            log.identity,
-            log.mse,
-            log.swd,
+            t.loss,
+            s.loss,
+            s.discriminator_loss,
+            s.identity,
+            s.mse,
+            s.swd,
         ] {
             assert!(v.is_finite(), "a loss is not finite: {log:?}");
         }
@@ -124,7 +140,7 @@ fn distillation_trains_only_kv_token_rows_and_heads() {
     }
 }
 
-fn fit_cli(args: &[&str]) -> Output {
+pub fn fit_cli(args: &[&str]) -> Output {
     run_binary("trainer", &[&["fit"], args].concat())
 }
 
@@ -192,6 +208,63 @@ fn fit_command_writes_the_run_folder() {
     let resolved = FitConfig::load(Some(&run.join("config.yaml")), &[]).unwrap();
     assert_eq!(resolved.iterations, 2);
 
+    // Provenance: the base model and a hash of the base K/V the file replaces.
+    let meta = outputs::read_metadata(&run.join("student.safetensors")).unwrap();
+    assert_eq!(
+        meta[outputs::META_BASE_MODEL],
+        student.display().to_string()
+    );
+    let names: Vec<String> = student_kv.keys().cloned().collect();
+    assert_eq!(
+        meta[outputs::META_BASE_SHA256],
+        outputs::fingerprint(&student.join("unet"), &names).unwrap()
+    );
+    let teacher_meta = outputs::read_metadata(&run.join("teacher.safetensors")).unwrap();
+    assert_eq!(
+        teacher_meta[outputs::META_BASE_MODEL],
+        teacher.display().to_string()
+    );
+
+    // The diffusers Custom Diffusion export: every attn2 K/V under its processor name, an empty
+    // marker per self-attention layer (diffusers counts processors), one file per token.
+    let exported = read_all(&run.join("diffusers").join(outputs::DIFFUSERS_WEIGHTS));
+    for (name, value) in &student_kv {
+        let key = outputs::custom_diffusion_name(name).unwrap();
+        assert!(exported[&key].equal(value), "{key}");
+    }
+    let markers: Vec<&String> = exported
+        .keys()
+        .filter(|k| k.ends_with(".attn1.processor"))
+        .collect();
+    assert_eq!(
+        markers.len() * 2,
+        student_kv.len(),
+        "one attn1 marker per attn2 K/V pair"
+    );
+    assert!(markers.iter().all(|k| exported[*k].numel() == 0));
+    assert_eq!(exported.len(), student_kv.len() + markers.len());
+    let token_file = read_all(&run.join("diffusers").join("<new1>.safetensors"));
+    assert!(token_file["<new1>"].equal(&tokens["<new1>"]));
+
+    // Observability: grids before, during and after training, and the report with curves.
+    for grid in [
+        "student-000000.png",
+        "student-000002.png",
+        "teacher-final.png",
+    ] {
+        let img = image::open(run.join("samples").join(grid)).unwrap();
+        assert!(img.width() > 96 && img.height() >= 96, "{grid}");
+    }
+    let student_grid = image::open(run.join("samples/student-000002.png")).unwrap();
+    assert_eq!(
+        student_grid.width(),
+        3 * 96 + 4 * 4,
+        "columns: 1, 2 and 4 steps"
+    );
+    let report = fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(report.contains("<svg") && report.contains("teacher_loss"));
+    assert_eq!(report.matches("data:image/png;base64,").count(), 3);
+
     // The run samples with its learned weights and token.
     let opts = trainer::checkpoint::LoadOptions {
         device: tch::Device::Cpu,
@@ -240,7 +313,7 @@ fn fit_command_writes_the_run_folder() {
     }
 }
 
-fn assert_refused(out: &Output, expected: &str) {
+pub fn assert_refused(out: &Output, expected: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure: {err}");
     assert!(!err.contains("panicked"), "a panic: {err}");
@@ -293,7 +366,7 @@ fn bad_fit_input_is_refused_up_front() {
     assert_refused(&out, "resolution 100");
 }
 
-fn read_all(path: &Path) -> HashMap<String, Tensor> {
+pub fn read_all(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path)
         .unwrap()
         .into_iter()
@@ -301,7 +374,7 @@ fn read_all(path: &Path) -> HashMap<String, Tensor> {
 }
 
 /// Runs `trainer fit --resume` on `resumed` and checks its results equal `straight`'s bit for bit.
-fn resume_and_compare(straight: &Path, resumed: &Path, when: &str) {
+pub fn resume_and_compare(straight: &Path, resumed: &Path, when: &str) {
     let out = run_binary(
         "trainer",
         &["fit", "--resume", "--out", resumed.to_str().unwrap()],
@@ -348,7 +421,7 @@ fn resumed_runs_end_bit_identical_to_uninterrupted_ones() {
     };
 
     let straight = dir.path().join("straight");
-    trainer::fit::distill::run(config(), &straight, false).unwrap();
+    run_quiet(config(), &straight);
 
     // Two iterations, a checkpoint, then the process "dies".
     let resumed = dir.path().join("resumed");
@@ -364,7 +437,7 @@ fn resumed_runs_end_bit_identical_to_uninterrupted_ones() {
         };
         step(&mut d);
         step(&mut d);
-        d.save_checkpoint(&resumed).unwrap();
+        d.save_checkpoint(&resumed, &|_| {}).unwrap();
         step(&mut d); // work lost in the crash: its log line is dropped on resume
     }
     // A crash between the checkpoint swap's two renames leaves only the previous folder.
@@ -439,7 +512,7 @@ fn echo_stage_trains_on_student_samples_and_resumes() {
 
     // A whole run: 1 distillation + 2 echo iterations, against one resumed inside the echo stage.
     let straight = dir.path().join("straight");
-    trainer::fit::distill::run(config(), &straight, false).unwrap();
+    run_quiet(config(), &straight);
     assert_eq!(
         fs::read_to_string(straight.join("log.jsonl"))
             .unwrap()
@@ -461,11 +534,11 @@ fn echo_stage_trains_on_student_samples_and_resumes() {
             fs::write(resumed.join("log.jsonl"), &log).unwrap();
         };
         step(&mut d);
-        d.save_checkpoint(&resumed).unwrap();
+        d.save_checkpoint(&resumed, &|_| {}).unwrap();
         d.generate_echo(&resumed).unwrap();
-        d.save_checkpoint(&resumed).unwrap();
+        d.save_checkpoint(&resumed, &|_| {}).unwrap();
         step(&mut d);
-        d.save_checkpoint(&resumed).unwrap();
+        d.save_checkpoint(&resumed, &|_| {}).unwrap();
     }
     resume_and_compare(&straight, &resumed, "in the echo stage");
 }

@@ -2,6 +2,9 @@
 
 mod cli_errors;
 mod fit;
+mod fit_ablations;
+mod fit_overfit;
+mod fit_safety;
 mod init_tiny;
 mod losses;
 mod model_parity;

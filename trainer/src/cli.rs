@@ -18,8 +18,10 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure tokenizer throughput (prompts and tokens per second, one thread).
     BenchTokenize(BenchTokenizeArgs),
-    /// Teach the student and teacher a concept from a few photos (EchoDistill's distillation stage).
+    /// Teach the student and teacher a concept from a few photos (EchoDistill: distillation, then echo).
     Fit(Box<FitArgs>),
+    /// Measure EchoDistill training: seconds per iteration, where they go, and peak memory.
+    Bench(Box<BenchArgs>),
     /// Generate an image: the student in 1-4 steps, or the teacher with DDIM and guidance.
     Sample(Box<SampleArgs>),
     /// Write a seeded random-weight model in the diffusers layout (tiny by default).
@@ -30,6 +32,43 @@ pub enum Command {
     BenchLosses(Box<BenchLossesArgs>),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The one-step student (folder or repo id; `init-tiny` writes a tiny one).
+    #[arg(long, value_name = "DIR|REPO")]
+    pub student: String,
+    /// The multi-step teacher.
+    #[arg(long, value_name = "DIR|REPO")]
+    pub teacher: String,
+    /// The towers folder (dino-v1/, dino-v2/, image_encoder/, ip-adapter.safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub towers: PathBuf,
+    /// A folder of photos to train on.
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 512)]
+    pub resolution: i64,
+    /// Images per step.
+    #[arg(long, default_value_t = 2)]
+    pub batch: i64,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// DINOv2's input side (518 for the real tower).
+    #[arg(long, default_value_t = 518)]
+    pub dino_v2_size: i64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision of the frozen networks: f32, f16 or bf16 (trained weights stay f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +122,9 @@ pub struct FitArgs {
     /// Continue the run in --out from its last checkpoint (its config.yaml is used).
     #[arg(long, conflicts_with_all = ["config", "images", "set"])]
     pub resume: bool,
+    /// Inject a fault (tests): nan@K, pause-checkpoint-write@K, pause-checkpoint-swap@K.
+    #[arg(long, hide = true, value_name = "NAME@ITERATION")]
+    pub failpoint: Vec<trainer::fit::failpoint::Failpoint>,
 }
 
 #[derive(Debug, Args)]

@@ -98,16 +98,13 @@ pub struct Ensemble {
 }
 
 impl Ensemble {
-    /// Builds heads (fresh, in one store on `device`) for the given backbones.
+    /// Builds heads (fresh, in one store on `device`) for the given backbones (none: the
+    /// no-discriminator ablation, whose adversarial loss is 0).
     pub fn new(
         backbones: Vec<Backbone>,
         loss: AdversarialLoss,
         device: tch::Device,
     ) -> Result<Self> {
-        ensure!(
-            !backbones.is_empty(),
-            "the discriminator ensemble needs at least one backbone"
-        );
         let heads = nn::VarStore::new(device);
         let mut members = Vec::new();
         for backbone in backbones {
@@ -137,6 +134,12 @@ impl Ensemble {
 
     /// The student's adversarial loss Σ_k over generated images (gradients reach the images).
     pub fn generator_loss(&self, fake: &Tensor) -> Result<Tensor> {
+        if self.members.is_empty() {
+            return Ok(Tensor::zeros(
+                [],
+                (crate::losses::alignment::loss_kind(fake), fake.device()),
+            ));
+        }
         let terms: Vec<Tensor> = self
             .logits(fake)?
             .iter()
@@ -147,6 +150,10 @@ impl Ensemble {
 
     /// The discriminators' loss Σ_k over real and (detached) generated images.
     pub fn discriminator_loss(&self, real: &Tensor, fake: &Tensor) -> Result<Tensor> {
+        ensure!(
+            !self.members.is_empty(),
+            "no discriminators to train (discriminators is empty)"
+        );
         let fake = fake.detach();
         let real_logits = self.logits(real)?;
         let fake_logits = self.logits(&fake)?;

@@ -104,6 +104,19 @@ pub struct SampleOutput {
     pub timesteps: Vec<f32>,
 }
 
+/// One (3, h, w) image in [-1, 1] as 8-bit RGB.
+pub fn to_rgb_image(image: &Tensor) -> Result<image::RgbImage> {
+    let (_, h, w) = image.size3()?;
+    let chw: Vec<f32> = Vec::try_from(
+        image
+            .flatten(0, -1)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu),
+    )?;
+    let rgb = runtime::image_tensor::chw_to_rgb8(&chw, h as usize, w as usize);
+    image::RgbImage::from_raw(w as u32, h as u32, rgb).context("image buffer size")
+}
+
 /// Applies a scheduler step's coefficients to tensors.
 pub fn apply_step(
     c: &StepCoefficients,
@@ -156,14 +169,7 @@ impl Pipeline {
 
     /// Text embeddings (batch, 77, dim) for `prompts`.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Tensor {
-        let ids: Vec<i64> = prompts
-            .iter()
-            .flat_map(|p| self.tokenizer.encode(p).ids.into_iter().map(i64::from))
-            .collect();
-        let ids = Tensor::from_slice(&ids)
-            .view([prompts.len() as i64, self.tokenizer.max_length() as i64])
-            .to_device(self.device);
-        tch::no_grad(|| self.text_encoder.model.forward(&ids))
+        self.networks().encode_prompts(prompts)
     }
 
     /// A scheduler for `kind` (or the checkpoint's own) with `steps` timesteps.
@@ -177,9 +183,62 @@ impl Pipeline {
         Ok(scheduler)
     }
 
+    /// The loaded networks, as a [`Networks`] view.
+    pub fn networks(&self) -> Networks<'_> {
+        Networks {
+            tokenizer: &self.tokenizer,
+            text_encoder: &self.text_encoder.model,
+            unet: &self.unet.model,
+            vae: &self.vae.model,
+            device: self.device,
+            kind: self.kind,
+        }
+    }
+
     /// Generates one image batch for `req`.
     pub fn sample(&self, req: &SampleRequest, noise: &NoiseSource) -> Result<SampleOutput> {
-        let vae_config = self.vae.model.config();
+        let scheduler = self.scheduler(req.scheduler, req.steps)?;
+        self.networks().sample(&scheduler, req, noise)
+    }
+}
+
+/// Borrowed networks that can sample: a [`Pipeline`]'s, or a training run's own.
+pub struct Networks<'a> {
+    /// The tokenizer (with any added tokens).
+    pub tokenizer: &'a ClipTokenizer,
+    /// The text encoder (with any added rows).
+    pub text_encoder: &'a ClipTextModel,
+    /// The denoiser.
+    pub unet: &'a UNet2DConditionModel,
+    /// The autoencoder.
+    pub vae: &'a AutoencoderKL,
+    /// Where they run.
+    pub device: Device,
+    /// Their precision.
+    pub kind: Kind,
+}
+
+impl Networks<'_> {
+    /// Text embeddings (batch, 77, dim) for `prompts`.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Tensor {
+        let ids: Vec<i64> = prompts
+            .iter()
+            .flat_map(|p| self.tokenizer.encode(p).ids.into_iter().map(i64::from))
+            .collect();
+        let ids = Tensor::from_slice(&ids)
+            .view([prompts.len() as i64, self.tokenizer.max_length() as i64])
+            .to_device(self.device);
+        tch::no_grad(|| self.text_encoder.forward(&ids))
+    }
+
+    /// Generates one image batch for `req` with `scheduler` (already set to `req.steps`).
+    pub fn sample(
+        &self,
+        scheduler: &Scheduler,
+        req: &SampleRequest,
+        noise: &NoiseSource,
+    ) -> Result<SampleOutput> {
+        let vae_config = self.vae.config();
         let factor = vae_config.downscale_factor();
         ensure!(
             req.height > 0 && req.width > 0 && req.height % factor == 0 && req.width % factor == 0,
@@ -191,10 +250,15 @@ impl Pipeline {
             !req.prompt.trim().is_empty(),
             "the prompt is empty: say what to draw, e.g. \"a <new1> dog on the beach\""
         );
-        let scheduler = self.scheduler(req.scheduler, req.steps)?;
+        ensure!(
+            scheduler.timesteps().len() == req.steps,
+            "the scheduler is set to {} steps, the request asks for {}",
+            scheduler.timesteps().len(),
+            req.steps
+        );
         let shape = [
             1,
-            self.unet.model.config().in_channels,
+            self.unet.config().in_channels,
             req.height / factor,
             req.width / factor,
         ];
@@ -266,8 +330,8 @@ impl Pipeline {
                 x_in
             };
             let timestep = Tensor::from_slice(&[t]).to_device(self.device);
-            let out = tch::no_grad(|| self.unet.model.forward(&x_in, &timestep, &context))
-                .to_kind(Kind::Float);
+            let out =
+                tch::no_grad(|| self.unet.forward(&x_in, &timestep, &context)).to_kind(Kind::Float);
             let out = if guided {
                 let parts = out.chunk(2, 0);
                 &parts[0] + (&parts[1] - &parts[0]) * req.guidance
@@ -284,7 +348,6 @@ impl Pipeline {
         }
         let images = tch::no_grad(|| {
             self.vae
-                .model
                 .decode(&(&latents / vae_config.scaling_factor).to_kind(self.kind))
                 .to_kind(Kind::Float)
                 .clamp(-1.0, 1.0)

@@ -1,43 +1,78 @@
-//! `trainer fit`: resolve the config, then run the distillation stage into the run folder.
+//! `trainer fit`: resolve the config, then run EchoDistill into the run folder. Ctrl-C stops
+//! after the current iteration with a checkpoint (a second Ctrl-C quits at once).
 
-use anyhow::Result;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use trainer::fit::config::FitConfig;
+use trainer::fit::runner::{run as run_fit, RunOptions, RunOutcome};
 
 use crate::cli::FitArgs;
 
-pub fn run(args: &FitArgs) -> Result<()> {
-    if args.resume {
-        let config = FitConfig::load(Some(&args.out.join("config.yaml")), &[])?;
-        let log = trainer::fit::distill::run(config, &args.out, true)?;
-        println!(
-            "resumed and finished {} (log {})",
-            args.out.display(),
-            log.display()
-        );
-        return Ok(());
-    }
-    let mut overrides = Vec::new();
-    if let (Some(images), Some(token), Some(class)) = (&args.images, &args.token, &args.class) {
-        // One concept from the flags, written as YAML so it goes through the same validation.
-        let concept = serde_json::json!([{
-            "images": images,
-            "token": token,
-            "class": class,
-            "init_word": args.init_word,
-        }]);
-        overrides.push(format!("concepts={concept}"));
-    }
-    overrides.extend(args.set.iter().cloned());
-    let config = FitConfig::load(args.config.as_deref(), &overrides)?;
+/// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+pub const INTERRUPTED: u8 = 130;
+
+/// Runs the command; `Ok(Some(code))` asks for a non-zero exit without an error message.
+pub fn run(args: &FitArgs) -> Result<Option<u8>> {
+    let config = if args.resume {
+        FitConfig::load(Some(&args.out.join("config.yaml")), &[]).with_context(|| {
+            format!(
+                "--resume: {} is not a run folder started by `trainer fit`",
+                args.out.display()
+            )
+        })?
+    } else {
+        let mut overrides = Vec::new();
+        if let (Some(images), Some(token), Some(class)) = (&args.images, &args.token, &args.class) {
+            // One concept from the flags, written as YAML so it goes through the same validation.
+            let concept = serde_json::json!([{
+                "images": images,
+                "token": token,
+                "class": class,
+                "init_word": args.init_word,
+            }]);
+            overrides.push(format!("concepts={concept}"));
+        }
+        overrides.extend(args.set.iter().cloned());
+        FitConfig::load(args.config.as_deref(), &overrides)?
+    };
     if args.print_config {
         print!("{}", config.to_yaml()?);
-        return Ok(());
+        return Ok(None);
     }
-    let log = trainer::fit::distill::run(config, &args.out, false)?;
-    println!(
-        "wrote {} (student.safetensors, teacher.safetensors, tokens.safetensors, tokenizer/, config.yaml; log {})",
-        args.out.display(),
-        log.display()
-    );
-    Ok(())
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: quitting without a new checkpoint");
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+        eprintln!(
+            "\ninterrupted: saving a checkpoint after this iteration (Ctrl-C again to quit now)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let options = RunOptions {
+        resume: args.resume,
+        stop: Some(stop),
+        failpoints: args.failpoint.clone(),
+        quiet: false,
+    };
+    match run_fit(config, &args.out, &options)? {
+        RunOutcome::Finished => {
+            println!(
+                "wrote {0}: student.safetensors, teacher.safetensors, tokens.safetensors, tokenizer/, diffusers/, samples/, report.html (log {0}/log.jsonl)",
+                args.out.display()
+            );
+            Ok(None)
+        }
+        RunOutcome::Interrupted(iteration) => {
+            eprintln!(
+                "stopped after iteration {iteration}; checkpoint saved. Continue with: trainer fit --resume --out {}",
+                args.out.display()
+            );
+            Ok(Some(INTERRUPTED))
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod bench;
 mod bench_losses;
 mod bench_sample;
 mod bench_tokenize;
@@ -16,17 +17,19 @@ use runtime::ClipTokenizer;
 
 use crate::cli::{Command, TokenizerArgs};
 
-/// Runs one parsed command.
-pub fn run(command: Command) -> Result<()> {
+/// Runs one parsed command; `Ok(Some(code))` asks for a non-zero exit without an error.
+pub fn run(command: Command) -> Result<Option<u8>> {
+    let done = |r: Result<()>| r.map(|()| None);
     match command {
-        Command::Tokenize(args) => tokenize::run(&args),
-        Command::BenchTokenize(args) => bench_tokenize::run(&args),
+        Command::Tokenize(args) => done(tokenize::run(&args)),
+        Command::BenchTokenize(args) => done(bench_tokenize::run(&args)),
         Command::Fit(args) => fit::run(&args),
-        Command::Sample(args) => sample::run(&args),
-        Command::InitTiny(args) => init_tiny::run(&args),
-        Command::BenchSample(args) => bench_sample::run(&args),
-        Command::BenchLosses(args) => bench_losses::run(&args),
-        Command::Env => env::run(),
+        Command::Bench(args) => done(bench::run(&args)),
+        Command::Sample(args) => done(sample::run(&args)),
+        Command::InitTiny(args) => done(init_tiny::run(&args)),
+        Command::BenchSample(args) => done(bench_sample::run(&args)),
+        Command::BenchLosses(args) => done(bench_losses::run(&args)),
+        Command::Env => done(env::run()),
     }
 }
 

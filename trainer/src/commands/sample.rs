@@ -21,16 +21,7 @@ pub fn device_and_kind(args: &DeviceArgs) -> Result<(Device, Kind)> {
 
 /// Saves the first image of a (batch, 3, h, w) tensor in [-1, 1] as PNG.
 pub fn save_png(images: &Tensor, path: &Path) -> Result<()> {
-    let (_, _, h, w) = images.size4()?;
-    let chw: Vec<f32> = Vec::try_from(
-        images
-            .get(0)
-            .flatten(0, -1)
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu),
-    )?;
-    let rgb = runtime::image_tensor::chw_to_rgb8(&chw, h as usize, w as usize);
-    let img = image::RgbImage::from_raw(w as u32, h as u32, rgb).context("image buffer size")?;
+    let img = trainer::sampling::to_rgb_image(&images.get(0))?;
     write_beside(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
             .with_context(|| format!("cannot write {}", path.display()))

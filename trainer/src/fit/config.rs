@@ -98,6 +98,134 @@ impl Default for Echo {
     }
 }
 
+/// Switches for the paper's ablations (SPEC §8). Each changes only what it names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ablation {
+    /// Train and use the multi-step teacher. Off: no teacher is loaded, the student learns from
+    /// the discriminators alone (no alignment loss) and its loss trains the token rows.
+    pub teacher: bool,
+    /// The student reads the teacher's text encoder and token rows. Off: the student keeps its
+    /// own frozen text encoder with its own token rows, trained by the student's loss.
+    pub shared_text_encoder: bool,
+    /// Train the teacher alone for `iterations`, then the student alone (teacher and token rows
+    /// frozen) for `iterations`, instead of both together.
+    pub teacher_first: bool,
+}
+
+impl Default for Ablation {
+    fn default() -> Self {
+        Self {
+            teacher: true,
+            shared_text_encoder: true,
+            teacher_first: false,
+        }
+    }
+}
+
+/// What happens when training diverges: a non-finite loss or gradient, or a loss spike, restores
+/// the last checkpoint and lowers every learning rate, a bounded number of times.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recovery {
+    /// Recoveries allowed before the run stops with an error.
+    pub max_events: usize,
+    /// Learning rates are multiplied by this at each recovery.
+    pub lr_factor: f64,
+    /// A spike is a total loss above this multiple of the mean of the previous `spike_window`
+    /// iterations (0: only NaN/inf count).
+    pub spike_factor: f64,
+    /// Iterations the spike test averages over (and waits for before it starts).
+    pub spike_window: usize,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        // Diffusion losses swing several-fold with t; 20x the recent mean is far outside that.
+        Self {
+            max_events: 3,
+            lr_factor: 0.5,
+            spike_factor: 20.0,
+            spike_window: 50,
+        }
+    }
+}
+
+/// Sample grids of fixed prompts and seeds, drawn during and after training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Samples {
+    /// Draw the student's grid every this many iterations (0: only at the end).
+    pub every: usize,
+    /// Prompts, `{}` standing for "<token> <class>" of each concept (each prompt is drawn once
+    /// per concept).
+    pub prompts: Vec<String>,
+    /// One row per prompt and seed.
+    pub seeds: Vec<u64>,
+    /// The student's step counts, one column each.
+    pub steps: Vec<usize>,
+    /// The student's sampler: `euler-ancestral` (the paper's) or `euler`.
+    pub scheduler: String,
+    /// The teacher's DDIM steps for its grid at the end (0: no teacher grid).
+    pub teacher_steps: usize,
+    /// The teacher grid's guidance scale.
+    pub teacher_guidance: f64,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            every: 250,
+            prompts: vec![
+                "a photo of a {}".into(),
+                "a {} on the beach".into(),
+                "a {} in the snow".into(),
+            ],
+            seeds: vec![0, 1],
+            steps: vec![1, 2, 4],
+            scheduler: "euler-ancestral".into(),
+            teacher_steps: 25,
+            teacher_guidance: 7.5,
+        }
+    }
+}
+
+/// A part of the run, in order: the distillation stage (or its teacher-first halves), then the
+/// echo stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Teacher, student and discriminators together (SPEC §4).
+    Distill,
+    /// Teacher-first ablation, first half: the teacher alone.
+    TeacherOnly,
+    /// Teacher-first ablation, second half: the student and discriminators alone.
+    StudentOnly,
+    /// The echo stage (SPEC §5): the student's samples replace the photos.
+    Echo,
+}
+
+impl Stage {
+    /// Whether the teacher trains in this stage.
+    pub fn trains_teacher(self) -> bool {
+        !matches!(self, Stage::StudentOnly)
+    }
+
+    /// Whether the student (and the discriminators) train in this stage.
+    pub fn trains_student(self) -> bool {
+        !matches!(self, Stage::TeacherOnly)
+    }
+
+    /// A short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Distill => "distill",
+            Stage::TeacherOnly => "teacher-first",
+            Stage::StudentOnly => "student-after-teacher",
+            Stage::Echo => "echo",
+        }
+    }
+}
+
 /// Every setting of `trainer fit`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -148,6 +276,12 @@ pub struct FitConfig {
     pub save_every: usize,
     /// The echo stage.
     pub echo: Echo,
+    /// The paper's ablations.
+    pub ablation: Ablation,
+    /// Divergence recovery.
+    pub recovery: Recovery,
+    /// Sample grids.
+    pub samples: Samples,
 }
 
 impl Default for FitConfig {
@@ -176,6 +310,9 @@ impl Default for FitConfig {
             dtype: "f32".into(),
             save_every: 100,
             echo: Echo::default(),
+            ablation: Ablation::default(),
+            recovery: Recovery::default(),
+            samples: Samples::default(),
         }
     }
 }
@@ -203,13 +340,47 @@ fn set_key(root: &mut serde_yaml::Value, key: &str, value: &str) -> Result<()> {
 }
 
 impl FitConfig {
-    /// Distillation plus echo iterations.
+    /// The run's stages and their lengths, in order.
+    pub fn stages(&self) -> Vec<(Stage, usize)> {
+        let mut stages = if self.ablation.teacher_first {
+            vec![
+                (Stage::TeacherOnly, self.iterations),
+                (Stage::StudentOnly, self.iterations),
+            ]
+        } else {
+            vec![(Stage::Distill, self.iterations)]
+        };
+        if self.echo.enabled {
+            stages.push((Stage::Echo, self.echo.iterations));
+        }
+        stages
+    }
+
+    /// The stage that iteration `done + 1` belongs to (`done` iterations finished).
+    pub fn stage_after(&self, done: usize) -> Stage {
+        let mut end = 0;
+        let stages = self.stages();
+        for &(stage, n) in &stages {
+            end += n;
+            if done < end {
+                return stage;
+            }
+        }
+        stages.last().map(|s| s.0).unwrap_or(Stage::Distill)
+    }
+
+    /// Every iteration of every stage.
     pub fn total_iterations(&self) -> usize {
-        self.iterations
-            + if self.echo.enabled {
-                self.echo.iterations
+        self.stages().iter().map(|s| s.1).sum()
+    }
+
+    /// The student's learning rate after the optional batch scaling.
+    pub fn student_lr(&self) -> f64 {
+        self.lr_student
+            * if self.scale_student_lr_by_batch {
+                self.batch_size as f64
             } else {
-                0
+                1.0
             }
     }
 
@@ -260,6 +431,37 @@ impl FitConfig {
             bail!(
                 "losses.adversarial: {:?} is not ce or hinge",
                 self.losses.adversarial
+            );
+        }
+        ensure!(
+            self.ablation.teacher || !self.discriminators.is_empty(),
+            "ablation.teacher=false leaves the discriminators as the student's only signal: keep at least one in `discriminators`"
+        );
+        ensure!(
+            self.ablation.teacher || !self.echo.enabled,
+            "ablation.teacher=false: the echo stage trains the teacher on the student's samples; set echo.enabled=false"
+        );
+        ensure!(
+            self.ablation.teacher || !self.ablation.teacher_first,
+            "ablation.teacher_first needs the teacher (ablation.teacher=true)"
+        );
+        ensure!(
+            self.recovery.lr_factor > 0.0 && self.recovery.lr_factor <= 1.0,
+            "recovery.lr_factor {} must be in (0, 1]",
+            self.recovery.lr_factor
+        );
+        ensure!(
+            !self.samples.steps.is_empty() && self.samples.steps.iter().all(|&s| s >= 1),
+            "samples.steps must list step counts of at least 1"
+        );
+        ensure!(
+            !self.samples.seeds.is_empty() && !self.samples.prompts.is_empty(),
+            "samples.prompts and samples.seeds must not be empty"
+        );
+        if !["euler", "euler-ancestral"].contains(&self.samples.scheduler.as_str()) {
+            bail!(
+                "samples.scheduler: {:?} is not euler or euler-ancestral",
+                self.samples.scheduler
             );
         }
         let mut tokens: Vec<&str> = self.concepts.iter().map(|c| c.token.as_str()).collect();
@@ -349,5 +551,62 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no concept"));
+    }
+
+    #[test]
+    fn stages_follow_the_switches() {
+        let mut o = with_concept();
+        o.extend(["iterations=3".into(), "echo.iterations=2".into()]);
+        let c = FitConfig::load(None, &o).unwrap();
+        assert_eq!(c.stages(), [(Stage::Distill, 3), (Stage::Echo, 2)]);
+        assert_eq!(
+            (0..6).map(|i| c.stage_after(i)).collect::<Vec<_>>(),
+            [
+                Stage::Distill,
+                Stage::Distill,
+                Stage::Distill,
+                Stage::Echo,
+                Stage::Echo,
+                Stage::Echo
+            ]
+        );
+        o.push("ablation.teacher_first=true".into());
+        let c = FitConfig::load(None, &o).unwrap();
+        assert_eq!(c.total_iterations(), 8);
+        assert_eq!(c.stage_after(3), Stage::StudentOnly);
+        assert!(!Stage::StudentOnly.trains_teacher() && !Stage::TeacherOnly.trains_student());
+    }
+
+    #[test]
+    fn contradictory_ablations_are_refused() {
+        let with = |extra: &[&str]| {
+            let mut o = with_concept();
+            o.extend(extra.iter().map(|s| s.to_string()));
+            FitConfig::load(None, &o).map_err(|e| format!("{e:#}"))
+        };
+        assert!(with(&["ablation.teacher=false"])
+            .unwrap_err()
+            .contains("echo"));
+        assert!(with(&[
+            "ablation.teacher=false",
+            "echo.enabled=false",
+            "discriminators=[]"
+        ])
+        .unwrap_err()
+        .contains("discriminators"));
+        assert!(with(&[
+            "ablation.teacher=false",
+            "echo.enabled=false",
+            "ablation.teacher_first=true"
+        ])
+        .unwrap_err()
+        .contains("teacher_first"));
+        assert!(with(&["recovery.lr_factor=0"])
+            .unwrap_err()
+            .contains("lr_factor"));
+        assert!(with(&["samples.scheduler=ddim"])
+            .unwrap_err()
+            .contains("samples.scheduler"));
+        assert!(with(&["ablation.teacher=false", "echo.enabled=false"]).is_ok());
     }
 }

@@ -1,22 +1,23 @@
-//! The distillation stage (SPEC §4): per iteration a teacher step on the real photos, a student
-//! step against the teacher's denoised target and the discriminators, and a discriminator step;
-//! then the echo stage (SPEC §5): the same loop with the student's own samples as the photos.
+//! One training iteration of EchoDistill (SPEC §4): a teacher step on the photos, a student step
+//! against the teacher's denoised target and the discriminators, and a discriminator step; the
+//! echo stage's data (SPEC §5: the student's own samples replace the photos); checkpoints.
 //! Teacher and student share the teacher's text encoder; only the cross-attention K/V copies,
-//! the new token rows and the discriminator heads train.
+//! the new token rows and the discriminator heads train. The ablation switches (`ablation:` in
+//! the config) drop the teacher, unshare the text encoder or split the stage in two.
 
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use runtime::scheduler::config::SchedulerConfigFile;
-use runtime::scheduler::{PredictionType, SchedulerConfig};
+use runtime::scheduler::{PredictionType, SchedulerConfig, SchedulerKind};
 use runtime::{ClipTokenizer, GaussianRng, Scheduler};
 use serde_json::json;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use super::config::FitConfig;
+use super::config::{FitConfig, Stage};
 use super::data::{augment, echo_prompt, load_photos, prompt, Photo};
 use super::optim::AdamW;
 use super::trainable::{CrossAttentionKv, TokenRows};
@@ -29,10 +30,30 @@ use crate::losses::stack::{LossStack, StackConfig};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
-use crate::sampling::apply_step;
+use crate::sampling::{apply_step, Networks};
 
 /// The smallest crop side relative to the photo's short side in the augmentation.
 const MIN_CROP_SCALE: f64 = 0.6;
+
+/// The multi-step teacher: its UNet, the K/V it trains and their optimiser.
+pub struct TeacherNet {
+    unet: Loaded<UNet2DConditionModel>,
+    /// The trained K/V.
+    pub kv: CrossAttentionKv,
+    opt: AdamW,
+    prediction: PredictionType,
+    scheduler: SchedulerConfigFile,
+    /// Where the teacher came from (a folder or repo id, as configured).
+    pub source: PathBuf,
+}
+
+/// The student's own text encoder and token rows (the unshared-encoder ablation).
+pub struct StudentText {
+    text: Loaded<ClipTextModel>,
+    /// The student's token rows.
+    pub rows: TokenRows,
+    opt: AdamW,
+}
 
 /// Everything a run holds.
 pub struct Distiller {
@@ -42,21 +63,23 @@ pub struct Distiller {
     /// The teacher's tokenizer with the added tokens.
     pub tokenizer: ClipTokenizer,
     text: Loaded<ClipTextModel>,
-    teacher: Loaded<UNet2DConditionModel>,
+    /// The teacher (absent in the no-teacher ablation).
+    pub teacher: Option<TeacherNet>,
     student: Loaded<UNet2DConditionModel>,
+    /// The student's own encoder (the unshared-encoder ablation).
+    pub student_text: Option<StudentText>,
     vae: Loaded<AutoencoderKL>,
-    teacher_prediction: PredictionType,
     alphas_cumprod: Vec<f32>,
     student_scheduler: Scheduler,
-    /// The teacher's trained K/V.
-    pub kv_teacher: CrossAttentionKv,
+    student_scheduler_config: SchedulerConfigFile,
+    /// Where the student came from.
+    pub student_source: PathBuf,
     /// The student's trained K/V.
     pub kv_student: CrossAttentionKv,
-    /// The new token rows.
+    /// The new token rows of the shared encoder.
     pub rows: TokenRows,
     /// Losses and discriminators.
     pub losses: LossStack,
-    opt_teacher: AdamW,
     opt_rows: AdamW,
     opt_student: AdamW,
     opt_heads: Option<AdamW>,
@@ -66,19 +89,40 @@ pub struct Distiller {
     subjects: Vec<String>,
     rng: GaussianRng,
     iteration: usize,
+    lr_scale: f64,
+    recoveries: usize,
+    poison_at: Option<usize>,
 }
 
-/// One iteration's numbers, as logged.
+/// Everything random about one iteration, drawn up front so that a batch can be replayed.
+pub struct Batch {
+    /// Augmented photos in [-1, 1].
+    pub images: Tensor,
+    /// Their prompts.
+    pub prompts: Vec<String>,
+    posterior_noise: Tensor,
+    ts: Vec<usize>,
+    eps: Tensor,
+    z: Tensor,
+    t_prime: usize,
+}
+
+/// The teacher step's numbers.
 #[derive(Debug, Clone)]
-pub struct StepLog {
-    /// 1-based iteration.
-    pub iteration: usize,
-    /// The teacher's diffusion loss.
-    pub teacher_loss: f64,
-    /// c(t') = ᾱ_t'.
+pub struct TeacherLog {
+    /// The diffusion loss.
+    pub loss: f64,
+    /// Gradient norm of the teacher K/V before clipping.
+    pub grad_norm: f64,
+}
+
+/// The student and discriminator steps' numbers.
+#[derive(Debug, Clone)]
+pub struct StudentLog {
+    /// The student's total loss.
+    pub loss: f64,
+    /// c(t') = ᾱ_t' (0 without a teacher: no alignment loss).
     pub c_t: f64,
-    /// The student's total loss and its terms.
-    pub student_loss: f64,
     /// L_id.
     pub identity: f64,
     /// L_mse.
@@ -87,18 +131,82 @@ pub struct StepLog {
     pub swd: f64,
     /// Σ_k adversarial.
     pub adversarial: f64,
-    /// The discriminators' loss.
+    /// The discriminators' loss (0 with none).
     pub discriminator_loss: f64,
-    /// Gradient norms before clipping.
-    pub grad_norm_teacher: f64,
-    /// Student K/V gradient norm.
-    pub grad_norm_student: f64,
-    /// Seconds the iteration took.
-    pub seconds: f64,
+    /// Gradient norm of the student K/V before clipping.
+    pub grad_norm: f64,
 }
 
-fn optimizer(vs: &nn::VarStore, config: &FitConfig, lr: f64) -> Result<AdamW> {
-    Ok(AdamW::new(vs, lr, &config.adam))
+/// One iteration's numbers, as logged.
+#[derive(Debug, Clone)]
+pub struct StepLog {
+    /// 1-based iteration.
+    pub iteration: usize,
+    /// The stage it belongs to.
+    pub stage: Stage,
+    /// The teacher step, if it ran.
+    pub teacher: Option<TeacherLog>,
+    /// The student step, if it ran.
+    pub student: Option<StudentLog>,
+    /// Seconds the iteration took.
+    pub seconds: f64,
+    /// Seconds per part of the iteration, in order.
+    pub phases: Vec<(&'static str, f64)>,
+}
+
+impl StepLog {
+    /// Whether every loss and gradient norm is finite.
+    pub fn is_finite(&self) -> bool {
+        let t = self
+            .teacher
+            .as_ref()
+            .is_none_or(|t| t.loss.is_finite() && t.grad_norm.is_finite());
+        let s = self.student.as_ref().is_none_or(|s| {
+            [s.loss, s.discriminator_loss, s.grad_norm]
+                .iter()
+                .all(|v| v.is_finite())
+        });
+        t && s
+    }
+
+    /// Teacher plus student loss (what the spike test watches).
+    pub fn total_loss(&self) -> f64 {
+        self.teacher.as_ref().map_or(0.0, |t| t.loss)
+            + self.student.as_ref().map_or(0.0, |s| s.loss)
+    }
+
+    /// One `log.jsonl` line (non-finite numbers become null; absent steps are left out).
+    pub fn to_json(&self, lr: (f64, f64, f64)) -> serde_json::Value {
+        let mut line = json!({
+            "iteration": self.iteration,
+            "stage": self.stage.name(),
+            "lr_teacher": lr.0,
+            "lr_student": lr.1,
+            "lr_discriminator": lr.2,
+            "seconds": self.seconds,
+            "phases": self.phases.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        });
+        let map = line.as_object_mut().expect("a JSON object");
+        if let Some(t) = &self.teacher {
+            map.insert("teacher_loss".into(), json!(t.loss));
+            map.insert("grad_norm_teacher".into(), json!(t.grad_norm));
+        }
+        if let Some(s) = &self.student {
+            for (k, v) in [
+                ("student_loss", s.loss),
+                ("c_t", s.c_t),
+                ("identity", s.identity),
+                ("mse", s.mse),
+                ("swd", s.swd),
+                ("adversarial", s.adversarial),
+                ("discriminator_loss", s.discriminator_loss),
+                ("grad_norm_student", s.grad_norm),
+            ] {
+                map.insert(k.into(), json!(v));
+            }
+        }
+        line
+    }
 }
 
 /// The L2 norm of all gradients of `vs`, then scales them to at most `max` (0 when none).
@@ -151,6 +259,49 @@ fn scheduler_config(model: &Path) -> Result<SchedulerConfigFile> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", path.display()))
+}
+
+/// Token ids of `prompts` (batch, 77) on `device`.
+fn token_ids(tokenizer: &ClipTokenizer, prompts: &[String], device: Device) -> Tensor {
+    let ids: Vec<i64> = prompts
+        .iter()
+        .flat_map(|p| tokenizer.encode(p).ids.into_iter().map(i64::from))
+        .collect();
+    Tensor::from_slice(&ids)
+        .view([prompts.len() as i64, tokenizer.max_length() as i64])
+        .to_device(device)
+}
+
+/// Waits for queued GPU work so that phase timings mean something on CUDA.
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Times the parts of one iteration.
+struct Phases {
+    device: Device,
+    last: Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new(device: Device) -> Self {
+        Self {
+            device,
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        sync(self.device);
+        let now = Instant::now();
+        self.done
+            .push((name, now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
 }
 
 impl Distiller {
@@ -210,8 +361,44 @@ impl Distiller {
             text.model.num_ids()
         );
         let rows = TokenRows::attach(&mut text.model, &new_rows, device)?;
+        let row_lr = config.lr_teacher;
+        let opt_rows = AdamW::new(&rows.vs, row_lr, &config.adam);
 
-        let mut teacher = load_unet(&teacher_dir.join("unet"), opts)?;
+        let student_text = if config.ablation.shared_text_encoder {
+            None
+        } else {
+            let mut own = load_text_encoder(&student_dir.join("text_encoder"), opts)?;
+            ensure!(
+                own.model.num_ids() == base_ids,
+                "the student's own text encoder has {} token rows but the teacher's tokenizer {base_ids} ids; the unshared-encoder ablation needs the same vocabulary",
+                own.model.num_ids()
+            );
+            let rows = TokenRows::attach(&mut own.model, &new_rows, device)?;
+            let opt = AdamW::new(&rows.vs, row_lr, &config.adam);
+            Some(StudentText {
+                text: own,
+                rows,
+                opt,
+            })
+        };
+
+        let teacher = if config.ablation.teacher {
+            let mut unet = load_unet(&teacher_dir.join("unet"), opts)?;
+            let kv = CrossAttentionKv::attach(&mut unet.model, device)?;
+            let scheduler = scheduler_config(&teacher_dir)?;
+            let prediction = SchedulerConfig::from_file(&scheduler)?.prediction_type;
+            let opt = AdamW::new(&kv.vs, config.lr_teacher, &config.adam);
+            Some(TeacherNet {
+                unet,
+                kv,
+                opt,
+                prediction,
+                scheduler,
+                source: teacher_dir.clone(),
+            })
+        } else {
+            None
+        };
         let mut student = load_unet(&student_dir.join("unet"), opts)?;
         let vae = load_vae(&student_dir.join("vae"), opts)?;
         let factor = vae.model.config().downscale_factor();
@@ -220,19 +407,17 @@ impl Distiller {
             "resolution {} is not a multiple of {factor}",
             config.resolution
         );
-        let kv_teacher = CrossAttentionKv::attach(&mut teacher.model, device)?;
         let kv_student = CrossAttentionKv::attach(&mut student.model, device)?;
 
-        let teacher_sched = SchedulerConfig::from_file(&scheduler_config(&teacher_dir)?)?;
-        let mut student_scheduler = Scheduler::new(SchedulerConfig::from_file(&scheduler_config(
-            &student_dir,
-        )?)?);
-        student_scheduler.set_timesteps(1)?;
+        let student_scheduler_config = scheduler_config(&student_dir)?;
+        let student_sched = SchedulerConfig::from_file(&student_scheduler_config)?;
         let alphas_cumprod = runtime::scheduler::NoiseSchedule::new(
-            &teacher_sched.betas,
-            teacher_sched.num_train_timesteps,
+            &student_sched.betas,
+            student_sched.num_train_timesteps,
         )
         .alphas_cumprod;
+        let mut student_scheduler = Scheduler::new(student_sched);
+        student_scheduler.set_timesteps(1)?;
 
         let stack_config = StackConfig {
             discriminators: config.discriminators.clone(),
@@ -253,30 +438,21 @@ impl Distiller {
         };
         let losses = LossStack::load(&towers, opts, &stack_config)?;
 
-        let student_lr = config.lr_student
-            * if config.scale_student_lr_by_batch {
-                config.batch_size as f64
-            } else {
-                1.0
-            };
         // Heads start from the run's generator, not torch's global one, so a seed fixes the run
         // whatever else the process does.
         init_heads(&losses.ensemble.heads, &mut rng);
-        let opt_teacher = optimizer(&kv_teacher.vs, &config, config.lr_teacher)?;
-        let opt_rows = optimizer(&rows.vs, &config, config.lr_teacher)?;
-        let opt_student = optimizer(&kv_student.vs, &config, student_lr)?;
+        let opt_student = AdamW::new(&kv_student.vs, config.student_lr(), &config.adam);
         let opt_heads = if losses.ensemble.members.is_empty() {
             None
         } else {
-            Some(optimizer(
+            Some(AdamW::new(
                 &losses.ensemble.heads,
-                &config,
                 config.lr_discriminator,
-            )?)
+                &config.adam,
+            ))
         };
         let _ = rng.next_u64();
         Ok(Self {
-            teacher_prediction: teacher_sched.prediction_type,
             config,
             device,
             kind,
@@ -284,14 +460,15 @@ impl Distiller {
             text,
             teacher,
             student,
+            student_text,
             vae,
             alphas_cumprod,
             student_scheduler,
-            kv_teacher,
+            student_scheduler_config,
+            student_source: student_dir,
             kv_student,
             rows,
             losses,
-            opt_teacher,
             opt_rows,
             opt_student,
             opt_heads,
@@ -301,18 +478,28 @@ impl Distiller {
             subjects,
             rng,
             iteration: 0,
+            lr_scale: 1.0,
+            recoveries: 0,
+            poison_at: None,
         })
     }
 
-    /// Text embeddings for `prompts` through the shared encoder (with grad to the token rows).
+    /// The shared encoder's embeddings for `prompts` (with grad to its token rows).
     fn embed(&self, prompts: &[String]) -> Tensor {
-        let ids: Vec<i64> = prompts
-            .iter()
-            .flat_map(|p| self.tokenizer.encode(p).ids.into_iter().map(i64::from))
-            .collect();
-        let ids = Tensor::from_slice(&ids)
-            .view([prompts.len() as i64, self.tokenizer.max_length() as i64]);
-        self.text.model.forward(&ids.to_device(self.device))
+        self.text
+            .model
+            .forward(&token_ids(&self.tokenizer, prompts, self.device))
+    }
+
+    /// The student's embeddings: its own encoder in the unshared ablation, else the shared one.
+    fn embed_student(&self, prompts: &[String]) -> Tensor {
+        match &self.student_text {
+            Some(own) => own
+                .text
+                .model
+                .forward(&token_ids(&self.tokenizer, prompts, self.device)),
+            None => self.embed(prompts),
+        }
     }
 
     fn timestep(&mut self) -> usize {
@@ -340,8 +527,8 @@ impl Distiller {
         )
     }
 
-    /// A batch of augmented photos in [-1, 1] and their prompts.
-    fn batch(&mut self) -> (Tensor, Vec<String>) {
+    /// Draws the next iteration's photos, prompts, noise and timesteps from the run's generator.
+    pub fn draw_batch(&mut self) -> Batch {
         let mut images = Vec::new();
         let mut prompts = Vec::new();
         for _ in 0..self.config.batch_size {
@@ -356,152 +543,262 @@ impl Distiller {
             let subject = self.subjects[concept].clone();
             prompts.push(prompt(&subject, &mut self.rng));
         }
-        (Tensor::stack(&images, 0).to_device(self.device), prompts)
-    }
-
-    fn x0_from_prediction(&self, pred: &Tensor, x_t: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
-        match self.teacher_prediction {
-            PredictionType::Epsilon => (x_t - b * pred) / a,
-            PredictionType::VPrediction => a * x_t - b * pred,
-            PredictionType::Sample => pred.shallow_clone(),
+        let b = self.config.batch_size;
+        let vae = self.vae.model.config();
+        let side = self.config.resolution / vae.downscale_factor();
+        let latent = [b, vae.latent_channels, side, side];
+        let posterior_noise = self.normal(&latent);
+        let ts: Vec<usize> = (0..b).map(|_| self.timestep()).collect();
+        let eps = self.normal(&latent);
+        let z = self.normal(&latent);
+        let t_prime = self.timestep();
+        Batch {
+            images: Tensor::stack(&images, 0).to_device(self.device),
+            prompts,
+            posterior_noise,
+            ts,
+            eps,
+            z,
+            t_prime,
         }
     }
 
-    /// One iteration of SPEC §4: teacher step, student step, discriminator step.
+    /// One iteration of the current stage on the next batch.
     pub fn step(&mut self) -> Result<StepLog> {
-        let start = Instant::now();
-        self.iteration += 1;
-        let (images, prompts) = self.batch();
-        let b = images.size()[0];
-        let scaling = self.vae.model.config().scaling_factor;
+        let batch = self.draw_batch();
+        self.step_on(&batch)
+    }
 
-        // 1. Teacher: the diffusion loss on the real photos (trains teacher K/V and token rows).
+    /// One iteration of the current stage on `batch`: the teacher step, the student step and
+    /// the discriminator step, each as the stage (and the ablation switches) ask.
+    pub fn step_on(&mut self, batch: &Batch) -> Result<StepLog> {
+        let start = Instant::now();
+        let stage = self.config.stage_after(self.iteration);
+        self.iteration += 1;
+        let mut phases = Phases::new(self.device);
+        let scaling = self.vae.model.config().scaling_factor;
         let x0 = tch::no_grad(|| {
-            let posterior = self.vae.model.encode(&images.to_kind(self.kind));
-            // From the run's own generator, so a checkpoint captures every random draw.
-            let size = posterior.mean.size();
-            let n: i64 = size.iter().product();
-            let noise = Tensor::from_slice(&self.rng.normal(n as usize))
-                .view(size.as_slice())
-                .to_device(self.device)
-                .to_kind(posterior.mean.kind());
+            let posterior = self.vae.model.encode(&batch.images.to_kind(self.kind));
+            let noise = batch.posterior_noise.to_kind(posterior.mean.kind());
             posterior.sample_with(&noise).to_kind(Kind::Float) * scaling
         });
-        let ts: Vec<usize> = (0..b).map(|_| self.timestep()).collect();
-        let eps = self.normal(&x0.size());
-        let (a, s) = self.coefficients(&ts);
-        let x_t = &a * &x0 + &s * &eps;
-        let target = match self.teacher_prediction {
+        phases.mark("encode");
+        let poison = self.poison_at == Some(self.iteration);
+        if poison {
+            self.poison_at = None;
+        }
+
+        let teacher = if stage.trains_teacher() && self.teacher.is_some() {
+            let log = self.teacher_step(batch, &x0, poison)?;
+            phases.mark("teacher_step");
+            Some(log)
+        } else {
+            None
+        };
+        let student = if stage.trains_student() {
+            Some(self.student_step(batch, &mut phases, poison && teacher.is_none())?)
+        } else {
+            None
+        };
+        Ok(StepLog {
+            iteration: self.iteration,
+            stage,
+            teacher,
+            student,
+            seconds: start.elapsed().as_secs_f64(),
+            phases: phases.done,
+        })
+    }
+
+    /// SPEC §4 step 1: the teacher's diffusion loss on the photos; trains the teacher K/V and
+    /// the shared token rows.
+    fn teacher_step(&mut self, batch: &Batch, x0: &Tensor, poison: bool) -> Result<TeacherLog> {
+        let (a, s) = self.coefficients(&batch.ts);
+        let eps = &batch.eps;
+        let x_t = &a * x0 + &s * eps;
+        let t_tensor = Tensor::from_slice(&batch.ts.iter().map(|&t| t as f32).collect::<Vec<_>>())
+            .to_device(self.device);
+        let context = self.embed(&batch.prompts);
+        let teacher = self.teacher.as_mut().context("no teacher")?;
+        let target = match teacher.prediction {
             PredictionType::Epsilon => eps.shallow_clone(),
-            PredictionType::VPrediction => &a * &eps - &s * &x0,
+            PredictionType::VPrediction => &a * eps - &s * x0,
             PredictionType::Sample => x0.shallow_clone(),
         };
-        let t_tensor = Tensor::from_slice(&ts.iter().map(|&t| t as f32).collect::<Vec<_>>())
-            .to_device(self.device);
-        let context = self.embed(&prompts);
-        let pred = self.teacher.model.forward(
+        let pred = teacher.unet.model.forward(
             &x_t.to_kind(self.kind),
             &t_tensor,
             &context.to_kind(self.kind),
         );
-        let teacher_loss = (pred.to_kind(Kind::Float) - &target)
+        let mut loss = (pred.to_kind(Kind::Float) - &target)
             .square()
             .mean(Kind::Float);
-        self.opt_teacher.zero_grad();
+        if poison {
+            loss *= f64::NAN;
+        }
+        teacher.opt.zero_grad();
         self.opt_rows.zero_grad();
-        teacher_loss.backward();
-        let grad_norm_teacher = clip_gradients(&self.kv_teacher.vs, self.config.max_grad_norm);
+        loss.backward();
+        let grad_norm = clip_gradients(&teacher.kv.vs, self.config.max_grad_norm);
         clip_gradients(&self.rows.vs, self.config.max_grad_norm);
-        self.opt_teacher.step();
+        teacher.opt.step();
         self.opt_rows.step();
+        Ok(TeacherLog {
+            loss: loss.double_value(&[]),
+            grad_norm,
+        })
+    }
 
-        // 2. Student: one step from noise, scored against the teacher's denoised target.
-        let context_s = tch::no_grad(|| self.embed(&prompts)).to_kind(self.kind);
-        let z = self.normal(&x0.size());
-        let sched = &self.student_scheduler;
-        let latents = &z * f64::from(sched.init_noise_sigma());
-        let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
-        let t_student = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
-        let eps_hat = self
-            .student
-            .model
-            .forward(&x_in, &t_student, &context_s)
-            .to_kind(Kind::Float);
-        let x_s = apply_step(&sched.step_coefficients(0)?, &latents, &eps_hat, None).0;
-        // Re-noise at one t' for the batch, reusing z as the authors' code does.
-        let t_prime = self.timestep();
+    /// The teacher's x̂_0 for the student's re-noised output (no gradient), with CFG against
+    /// the empty prompt as the authors' code does.
+    fn teacher_target(&self, x_s: &Tensor, batch: &Batch) -> Result<Option<(Tensor, f64)>> {
+        let Some(teacher) = &self.teacher else {
+            return Ok(None);
+        };
+        let b = batch.prompts.len();
+        let t_prime = batch.t_prime;
         let c_t = f64::from(self.alphas_cumprod[t_prime]);
-        let (a2, s2) = self.coefficients(&vec![t_prime; b as usize]);
-        let target_x0 = tch::no_grad(|| -> Result<Tensor> {
-            let x_tp = &a2 * x_s.detach() + &s2 * &z;
-            let guided = self.config.teacher_guidance > 1.0;
-            let t = Tensor::from_slice(&vec![t_prime as f32; b as usize]).to_device(self.device);
-            let pred = if guided {
-                let uncond = self
-                    .embed(&vec![String::new(); b as usize])
-                    .to_kind(self.kind);
-                let ctx = Tensor::cat(&[uncond, context_s.shallow_clone()], 0);
+        let (a2, s2) = self.coefficients(&vec![t_prime; b]);
+        let x0 = tch::no_grad(|| -> Result<Tensor> {
+            // Re-noised with the student's own z, as the authors' code does.
+            let x_tp = &a2 * x_s.detach() + &s2 * &batch.z;
+            let context = self.embed(&batch.prompts).to_kind(self.kind);
+            let t = Tensor::from_slice(&vec![t_prime as f32; b]).to_device(self.device);
+            let pred = if self.config.teacher_guidance > 1.0 {
+                let uncond = self.embed(&vec![String::new(); b]).to_kind(self.kind);
+                let ctx = Tensor::cat(&[uncond, context], 0);
                 let x_in = Tensor::cat(&[&x_tp, &x_tp], 0).to_kind(self.kind);
-                let out = self
-                    .teacher
+                let out = teacher
+                    .unet
                     .model
                     .forward(&x_in, &Tensor::cat(&[&t, &t], 0), &ctx)
                     .to_kind(Kind::Float);
                 let parts = out.chunk(2, 0);
                 &parts[0] + (&parts[1] - &parts[0]) * self.config.teacher_guidance
             } else {
-                self.teacher
+                teacher
+                    .unet
                     .model
-                    .forward(&x_tp.to_kind(self.kind), &t, &context_s)
+                    .forward(&x_tp.to_kind(self.kind), &t, &context)
                     .to_kind(Kind::Float)
             };
-            Ok(self.x0_from_prediction(&pred, &x_tp, &a2, &s2))
+            Ok(match teacher.prediction {
+                PredictionType::Epsilon => (&x_tp - &s2 * pred) / &a2,
+                PredictionType::VPrediction => &a2 * &x_tp - &s2 * pred,
+                PredictionType::Sample => pred,
+            })
         })?;
+        Ok(Some((x0, c_t)))
+    }
+
+    /// SPEC §4 steps 2 and 3: one-step generation scored against the teacher's target and the
+    /// discriminators, then the discriminators' own step.
+    fn student_step(
+        &mut self,
+        batch: &Batch,
+        phases: &mut Phases,
+        poison: bool,
+    ) -> Result<StudentLog> {
+        let scaling = self.vae.model.config().scaling_factor;
+        // The student's prompt embeddings carry gradient only where its loss trains token rows:
+        // its own rows (unshared ablation) or the shared rows when there is no teacher.
+        let trains_rows = self.student_text.is_some() || self.teacher.is_none();
+        let context = if trains_rows {
+            self.embed_student(&batch.prompts)
+        } else {
+            tch::no_grad(|| self.embed_student(&batch.prompts))
+        }
+        .to_kind(self.kind);
+        let sched = &self.student_scheduler;
+        let latents = &batch.z * f64::from(sched.init_noise_sigma());
+        let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
+        let t_student = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
+        let eps_hat = self
+            .student
+            .model
+            .forward(&x_in, &t_student, &context)
+            .to_kind(Kind::Float);
+        let x_s = apply_step(&sched.step_coefficients(0)?, &latents, &eps_hat, None).0;
+        phases.mark("student_forward");
+        let target = self.teacher_target(&x_s, batch)?;
+        phases.mark("teacher_target");
         let student_images = self
             .vae
             .model
             .decode(&(&x_s / scaling).to_kind(self.kind))
             .to_kind(Kind::Float);
-        let target_images = tch::no_grad(|| {
-            self.vae
-                .model
-                .decode(&(&target_x0 / scaling).to_kind(self.kind))
-                .to_kind(Kind::Float)
+        let target_images = target.as_ref().map(|(x0, _)| {
+            tch::no_grad(|| {
+                self.vae
+                    .model
+                    .decode(&(x0 / scaling).to_kind(self.kind))
+                    .to_kind(Kind::Float)
+            })
         });
-        let loss =
-            self.losses
-                .student_loss(&x_s, &target_x0, &student_images, &target_images, c_t)?;
+        phases.mark("decode");
+        let (mut total, c_t, identity, mse, swd, adversarial) = match (&target, &target_images) {
+            (Some((x0, c_t)), Some(images)) => {
+                let l = self
+                    .losses
+                    .student_loss(&x_s, x0, &student_images, images, *c_t)?;
+                (l.total, *c_t, l.identity, l.mse, l.swd, l.adversarial)
+            }
+            _ => {
+                let adv = self.losses.ensemble.generator_loss(&student_images)?;
+                let v = adv.double_value(&[]);
+                (adv, 0.0, 0.0, 0.0, 0.0, v)
+            }
+        };
+        if poison {
+            total *= f64::NAN;
+        }
+        phases.mark("student_losses");
         self.opt_student.zero_grad();
-        loss.total.backward();
-        let grad_norm_student = clip_gradients(&self.kv_student.vs, self.config.max_grad_norm);
+        if trains_rows {
+            match self.student_text.as_mut() {
+                Some(own) => own.opt.zero_grad(),
+                None => self.opt_rows.zero_grad(),
+            }
+        }
+        total.backward();
+        let grad_norm = clip_gradients(&self.kv_student.vs, self.config.max_grad_norm);
         self.opt_student.step();
+        if trains_rows {
+            match self.student_text.as_mut() {
+                Some(own) => {
+                    clip_gradients(&own.rows.vs, self.config.max_grad_norm);
+                    own.opt.step();
+                }
+                None => {
+                    clip_gradients(&self.rows.vs, self.config.max_grad_norm);
+                    self.opt_rows.step();
+                }
+            }
+        }
+        phases.mark("student_backward");
 
-        // 3. Discriminators: real photos against the student's images.
         let mut discriminator_loss = 0.0;
         if let Some(opt) = self.opt_heads.as_mut() {
             let d = self
                 .losses
                 .ensemble
-                .discriminator_loss(&images, &student_images.detach())?;
+                .discriminator_loss(&batch.images, &student_images.detach())?;
             opt.zero_grad();
             d.backward();
             clip_gradients(&self.losses.ensemble.heads, self.config.max_grad_norm);
             opt.step();
             discriminator_loss = d.double_value(&[]);
+            phases.mark("discriminator_step");
         }
-        Ok(StepLog {
-            iteration: self.iteration,
-            teacher_loss: teacher_loss.double_value(&[]),
+        Ok(StudentLog {
+            loss: total.double_value(&[]),
             c_t,
-            student_loss: loss.total.double_value(&[]),
-            identity: loss.identity,
-            mse: loss.mse,
-            swd: loss.swd,
-            adversarial: loss.adversarial,
+            identity,
+            mse,
+            swd,
+            adversarial,
             discriminator_loss,
-            grad_norm_teacher,
-            grad_norm_student,
-            seconds: start.elapsed().as_secs_f64(),
+            grad_norm,
         })
     }
 
@@ -509,12 +806,17 @@ impl Distiller {
     pub fn frozen_stores(&self) -> Vec<(String, &nn::VarStore)> {
         let mut stores = vec![
             ("text_encoder".to_string(), &self.text.vs),
-            ("teacher_unet".to_string(), &self.teacher.vs),
             ("student_unet".to_string(), &self.student.vs),
             ("vae".to_string(), &self.vae.vs),
             ("ip_image_encoder".to_string(), &self.losses.ip.encoder.vs),
             ("ip_projection".to_string(), &self.losses.ip.projection.0),
         ];
+        if let Some(t) = &self.teacher {
+            stores.push(("teacher_unet".to_string(), &t.unet.vs));
+        }
+        if let Some(own) = &self.student_text {
+            stores.push(("student_text_encoder".to_string(), &own.text.vs));
+        }
         for m in &self.losses.ensemble.members {
             let vs = match &m.backbone {
                 Backbone::DinoV1(l, _) => Some(&l.vs),
@@ -528,36 +830,100 @@ impl Distiller {
         stores
     }
 
+    /// Every store that trains, by name (the checkpoint's prefixes).
+    pub fn trained_stores(&self) -> Vec<(&'static str, &nn::VarStore)> {
+        let mut v = vec![
+            ("token_rows", &self.rows.vs),
+            ("student_kv", &self.kv_student.vs),
+            ("heads", &self.losses.ensemble.heads),
+        ];
+        if let Some(t) = &self.teacher {
+            v.push(("teacher_kv", &t.kv.vs));
+        }
+        if let Some(own) = &self.student_text {
+            v.push(("student_token_rows", &own.rows.vs));
+        }
+        v
+    }
+
     /// Iterations done so far.
     pub fn iteration(&self) -> usize {
         self.iteration
     }
 
-    fn optimizers(&self) -> Vec<(&'static str, &AdamW)> {
+    fn optimizers_mut(&mut self) -> Vec<(&'static str, &mut AdamW)> {
         let mut v = vec![
-            ("teacher_kv", &self.opt_teacher),
-            ("token_rows", &self.opt_rows),
-            ("student_kv", &self.opt_student),
+            ("token_rows", &mut self.opt_rows),
+            ("student_kv", &mut self.opt_student),
         ];
-        if let Some(h) = &self.opt_heads {
+        if let Some(h) = self.opt_heads.as_mut() {
             v.push(("heads", h));
+        }
+        if let Some(t) = self.teacher.as_mut() {
+            v.push(("teacher_kv", &mut t.opt));
+        }
+        if let Some(own) = self.student_text.as_mut() {
+            v.push(("student_token_rows", &mut own.opt));
         }
         v
     }
 
-    fn trained_stores(&self) -> [(&'static str, &nn::VarStore); 4] {
-        [
-            ("teacher_kv", &self.kv_teacher.vs),
-            ("token_rows", &self.rows.vs),
-            ("student_kv", &self.kv_student.vs),
-            ("heads", &self.losses.ensemble.heads),
-        ]
+    /// The learning rates now: teacher (and token rows), student, discriminators.
+    pub fn learning_rates(&self) -> (f64, f64, f64) {
+        let c = &self.config;
+        (
+            c.lr_teacher * self.lr_scale,
+            c.student_lr() * self.lr_scale,
+            c.lr_discriminator * self.lr_scale,
+        )
+    }
+
+    /// The factor every learning rate is multiplied by (lowered by divergence recovery).
+    pub fn lr_scale(&self) -> f64 {
+        self.lr_scale
+    }
+
+    /// Divergence recoveries so far.
+    pub fn recoveries(&self) -> usize {
+        self.recoveries
+    }
+
+    /// Puts back a learning-rate factor and recovery count (after restoring a checkpoint that
+    /// predates them).
+    pub fn restore_recovery_state(&mut self, lr_scale: f64, recoveries: usize) {
+        self.lr_scale = lr_scale;
+        self.recoveries = recoveries;
+        self.apply_lr_scale();
+    }
+
+    /// Multiplies every learning rate by `factor` and counts a recovery.
+    pub fn lower_learning_rates(&mut self, factor: f64) {
+        self.lr_scale *= factor;
+        self.recoveries += 1;
+        self.apply_lr_scale();
+    }
+
+    fn apply_lr_scale(&mut self) {
+        let (teacher, student, heads) = self.learning_rates();
+        for (name, opt) in self.optimizers_mut() {
+            opt.lr = match name {
+                "student_kv" => student,
+                "heads" => heads,
+                _ => teacher,
+            };
+        }
+    }
+
+    /// Makes iteration `iteration` produce a NaN loss once (a failpoint for testing recovery).
+    pub fn poison_iteration(&mut self, iteration: usize) {
+        self.poison_at = Some(iteration);
     }
 
     /// Writes `run/checkpoint/` (trained weights, optimiser moments, generator states and the
     /// iteration) into a fresh folder beside it, then swaps it in, so a crash at any moment
-    /// leaves a complete checkpoint (the new one or the previous one).
-    pub fn save_checkpoint(&mut self, run: &Path) -> Result<()> {
+    /// leaves a complete checkpoint (the new one or the previous one). `pause` is called at
+    /// named points of the write (a failpoint for crash tests; a no-op otherwise).
+    pub fn save_checkpoint(&mut self, run: &Path, pause: &dyn Fn(&str)) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (prefix, vs) in self.trained_stores() {
             for (name, t) in vs.variables() {
@@ -568,7 +934,7 @@ impl Distiller {
             }
         }
         let mut steps = serde_json::Map::new();
-        for (prefix, opt) in self.optimizers() {
+        for (prefix, opt) in self.optimizers_mut() {
             let (state, n) = opt.state(&format!("adam.{prefix}"));
             tensors.extend(
                 state
@@ -583,6 +949,8 @@ impl Distiller {
             "ms_swd_rng": self.losses.ms_swd.rng_mut().state(),
             "adam_steps": steps,
             "echo_ready": self.echo_ready,
+            "lr_scale": self.lr_scale,
+            "recoveries": self.recoveries,
         });
         let dir = run.join("checkpoint");
         let tmp = run.join(format!(".checkpoint.tmp-{}", std::process::id()));
@@ -591,6 +959,7 @@ impl Distiller {
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         Tensor::write_safetensors(&tensors, tmp.join("state.safetensors"))
             .with_context(|| format!("cannot write {}", tmp.display()))?;
+        pause("write");
         std::fs::write(
             tmp.join("state.json"),
             serde_json::to_string_pretty(&state)?,
@@ -600,6 +969,7 @@ impl Distiller {
         if dir.exists() {
             std::fs::rename(&dir, &old)?;
         }
+        pause("swap");
         std::fs::rename(&tmp, &dir)
             .with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
         let _ = std::fs::remove_dir_all(&old);
@@ -615,7 +985,7 @@ impl Distiller {
         let state: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
                 .with_context(|| format!("{}/state.json is malformed", dir.display()))?;
-        let tensors: std::collections::HashMap<String, Tensor> =
+        let tensors: HashMap<String, Tensor> =
             Tensor::read_safetensors(dir.join("state.safetensors"))
                 .with_context(|| format!("cannot read {}/state.safetensors", dir.display()))?
                 .into_iter()
@@ -623,23 +993,17 @@ impl Distiller {
         tch::no_grad(|| -> Result<()> {
             for (prefix, vs) in self.trained_stores() {
                 for (name, var) in vs.variables() {
-                    let saved = tensors
-                        .get(&format!("{prefix}.{name}"))
-                        .with_context(|| format!("the checkpoint lacks {prefix}.{name}"))?;
+                    let saved = tensors.get(&format!("{prefix}.{name}")).with_context(|| {
+                        format!("the checkpoint lacks {prefix}.{name}: was it written with other ablation settings?")
+                    })?;
                     var.shallow_clone().copy_(saved);
                 }
             }
             Ok(())
         })?;
         let steps = |k: &str| state["adam_steps"][k].as_i64().unwrap_or(0);
-        self.opt_teacher
-            .load_state("adam.teacher_kv", &tensors, steps("teacher_kv"))?;
-        self.opt_rows
-            .load_state("adam.token_rows", &tensors, steps("token_rows"))?;
-        self.opt_student
-            .load_state("adam.student_kv", &tensors, steps("student_kv"))?;
-        if let Some(h) = self.opt_heads.as_mut() {
-            h.load_state("adam.heads", &tensors, steps("heads"))?;
+        for (prefix, opt) in self.optimizers_mut() {
+            opt.load_state(&format!("adam.{prefix}"), &tensors, steps(prefix))?;
         }
         let rng = |k: &str| -> Result<[u64; 4]> {
             serde_json::from_value(state[k].clone()).with_context(|| format!("state.json: bad {k}"))
@@ -649,8 +1013,14 @@ impl Distiller {
         self.iteration = state["iteration"]
             .as_u64()
             .context("state.json: no iteration")? as usize;
+        self.lr_scale = state["lr_scale"].as_f64().unwrap_or(1.0);
+        self.recoveries = state["recoveries"].as_u64().unwrap_or(0) as usize;
+        self.apply_lr_scale();
         if state["echo_ready"].as_bool().unwrap_or(false) {
             self.load_echo(run)?;
+        } else {
+            self.photos = self.real_photos.clone();
+            self.echo_ready = false;
         }
         Ok(())
     }
@@ -671,6 +1041,71 @@ impl Distiller {
             self.photos.extend(self.real_photos.iter().cloned());
         }
         self.echo_ready = true;
+    }
+
+    /// The student's networks, as trained so far (its own encoder in the unshared ablation).
+    pub fn student_networks(&self) -> Networks<'_> {
+        Networks {
+            tokenizer: &self.tokenizer,
+            text_encoder: match &self.student_text {
+                Some(own) => &own.text.model,
+                None => &self.text.model,
+            },
+            unet: &self.student.model,
+            vae: &self.vae.model,
+            device: self.device,
+            kind: self.kind,
+        }
+    }
+
+    /// The teacher's networks, as trained so far.
+    pub fn teacher_networks(&self) -> Option<Networks<'_>> {
+        self.teacher.as_ref().map(|t| Networks {
+            tokenizer: &self.tokenizer,
+            text_encoder: &self.text.model,
+            unet: &t.unet.model,
+            vae: &self.vae.model,
+            device: self.device,
+            kind: self.kind,
+        })
+    }
+
+    /// A scheduler of the student (`kind` overrides its class) set to `steps`.
+    pub fn student_scheduler(
+        &self,
+        kind: Option<SchedulerKind>,
+        steps: usize,
+    ) -> Result<Scheduler> {
+        scheduler_with(&self.student_scheduler_config, kind, steps)
+    }
+
+    /// The teacher's own scheduler set to `steps`.
+    pub fn teacher_scheduler(&self, steps: usize) -> Result<Option<Scheduler>> {
+        self.teacher
+            .as_ref()
+            .map(|t| scheduler_with(&t.scheduler, None, steps))
+            .transpose()
+    }
+
+    /// The student's self-attention (attn1) layers by diffusers path, sorted.
+    pub fn student_self_attention_layers(&self) -> Vec<String> {
+        let mut layers: Vec<String> = self
+            .student
+            .vs
+            .variables()
+            .into_keys()
+            .filter_map(|k| {
+                k.strip_suffix(".attn1.to_q.weight")
+                    .map(|s| format!("{s}.attn1"))
+            })
+            .collect();
+        layers.sort();
+        layers
+    }
+
+    /// "<token> <class>" of each concept.
+    pub fn subjects(&self) -> &[String] {
+        &self.subjects
     }
 
     /// The echo stage's data (SPEC §5): `echo.samples` one-step student samples of varied
@@ -697,7 +1132,9 @@ impl Distiller {
             let z = self.normal(&shape);
             let image = tch::no_grad(|| -> Result<Tensor> {
                 let sched = &self.student_scheduler;
-                let context = self.embed(std::slice::from_ref(&text)).to_kind(self.kind);
+                let context = self
+                    .embed_student(std::slice::from_ref(&text))
+                    .to_kind(self.kind);
                 let latents = &z * f64::from(sched.init_noise_sigma());
                 let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
                 let t = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
@@ -710,10 +1147,7 @@ impl Distiller {
                 let decoded = self.vae.model.decode(&(x0 / scaling).to_kind(self.kind));
                 Ok(decoded.to_kind(Kind::Float).clamp(-1.0, 1.0))
             })?;
-            let chw: Vec<f32> = Vec::try_from(image.get(0).flatten(0, -1).to_device(Device::Cpu))?;
-            let rgb = runtime::image_tensor::chw_to_rgb8(&chw, res as usize, res as usize);
-            let img = image::RgbImage::from_raw(res as u32, res as u32, rgb)
-                .context("echo image size")?;
+            let img = crate::sampling::to_rgb_image(&image.get(0))?;
             let path = dir.join(format!("{i:03}.png"));
             crate::checkpoint::write_beside(&path, |tmp| {
                 img.save_with_format(tmp, image::ImageFormat::Png)
@@ -745,113 +1179,18 @@ impl Distiller {
     pub fn config(&self) -> &FitConfig {
         &self.config
     }
-
-    /// Writes the trained weights, tokens, tokenizer and resolved config into `out`.
-    pub fn save(&self, out: &Path) -> Result<()> {
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        self.kv_student.save(&out.join("student.safetensors"))?;
-        self.kv_teacher.save(&out.join("teacher.safetensors"))?;
-        self.rows.save(&out.join("tokens.safetensors"))?;
-        self.tokenizer.save_dir(&out.join("tokenizer"))?;
-        let yaml = self.config.to_yaml()?;
-        crate::checkpoint::write_text_atomic(&out.join("config.yaml"), &yaml)
-    }
 }
 
-impl StepLog {
-    /// One `log.jsonl` line.
-    pub fn to_json(&self, lr: (f64, f64, f64)) -> serde_json::Value {
-        json!({
-            "iteration": self.iteration,
-            "teacher_loss": self.teacher_loss,
-            "c_t": self.c_t,
-            "student_loss": self.student_loss,
-            "identity": self.identity,
-            "mse": self.mse,
-            "swd": self.swd,
-            "adversarial": self.adversarial,
-            "discriminator_loss": self.discriminator_loss,
-            "grad_norm_teacher": self.grad_norm_teacher,
-            "grad_norm_student": self.grad_norm_student,
-            "lr_teacher": lr.0,
-            "lr_student": lr.1,
-            "lr_discriminator": lr.2,
-            "seconds": self.seconds,
-        })
-    }
-}
-
-/// Runs every iteration with a progress bar, appending to `out/log.jsonl`, checkpointing every
-/// `save_every` iterations and at the end, then writes the results. With `resume`, continues
-/// from `out/checkpoint` to the same final weights an uninterrupted run reaches.
-pub fn run(config: FitConfig, out: &Path, resume: bool) -> Result<PathBuf> {
-    let mut d = Distiller::new(config)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let log_path = out.join("log.jsonl");
-    if resume {
-        d.load_checkpoint(out)?;
-        // Drop log lines past the checkpoint: those iterations run again.
-        let kept: Vec<String> = std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .lines()
-            .take(d.iteration())
-            .map(str::to_string)
-            .collect();
-        crate::checkpoint::write_text_atomic(
-            &log_path,
-            &kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
-        )?;
-    } else {
-        crate::checkpoint::write_text_atomic(&out.join("config.yaml"), &d.config().to_yaml()?)?;
-        std::fs::write(&log_path, "")
-            .with_context(|| format!("cannot write {}", log_path.display()))?;
-    }
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot write {}", log_path.display()))?;
-    let c = d.config().clone();
-    let lrs = (
-        c.lr_teacher,
-        c.lr_student
-            * if c.scale_student_lr_by_batch {
-                c.batch_size as f64
-            } else {
-                1.0
-            },
-        c.lr_discriminator,
-    );
-    let total = c.total_iterations();
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} it  {per_sec}  ETA {eta}  {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(d.iteration() as u64);
-    while d.iteration() < total {
-        if c.echo.enabled && d.iteration() >= c.iterations && !d.in_echo_stage() {
-            // The stage boundary: checkpoint, sample the student, checkpoint again, so a crash
-            // in between regenerates the same samples from the first checkpoint.
-            d.save_checkpoint(out)?;
-            bar.set_message("echo: sampling the student");
-            d.generate_echo(out)?;
-            d.save_checkpoint(out)?;
-        }
-        let s = d.step()?;
-        writeln!(log, "{}", s.to_json(lrs))?;
-        bar.set_message(format!(
-            "teacher {:.4}  student {:.4}",
-            s.teacher_loss, s.student_loss
-        ));
-        bar.inc(1);
-        if c.save_every > 0 && d.iteration() % c.save_every == 0 && d.iteration() < total {
-            d.save_checkpoint(out)?;
-        }
-    }
-    bar.finish();
-    d.save_checkpoint(out)?;
-    d.save(out)?;
-    Ok(log_path)
+fn scheduler_with(
+    file: &SchedulerConfigFile,
+    kind: Option<SchedulerKind>,
+    steps: usize,
+) -> Result<Scheduler> {
+    let config = match kind {
+        Some(kind) => SchedulerConfig::with_kind(file, kind)?,
+        None => SchedulerConfig::from_file(file)?,
+    };
+    let mut scheduler = Scheduler::new(config);
+    scheduler.set_timesteps(steps)?;
+    Ok(scheduler)
 }

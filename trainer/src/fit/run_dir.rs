@@ -39,21 +39,38 @@ fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
 pub fn load_trained(run: &Path, which: Trained, opts: LoadOptions) -> Result<Pipeline> {
     let config = FitConfig::load(Some(&run.join("config.yaml")), &[])
         .with_context(|| format!("{} is not a `trainer fit` run folder", run.display()))?;
-    let teacher_dir = model_dir(&config.teacher)?;
+    if which == Trained::Teacher && !config.ablation.teacher {
+        bail!(
+            "{} trained no teacher (ablation.teacher=false): sample its student",
+            run.display()
+        );
+    }
     let base = match which {
         Trained::Student => model_dir(&config.student)?,
-        Trained::Teacher => teacher_dir.clone(),
+        Trained::Teacher => model_dir(&config.teacher)?,
     };
     let mut p = Pipeline::load(&base, opts)?;
     p.tokenizer = ClipTokenizer::from_dir(&run.join("tokenizer"))?;
-    p.text_encoder = load_text_encoder(&teacher_dir.join("text_encoder"), opts)?;
+    // The encoder the network was trained with: the shared one (the teacher's), or the student's
+    // own in the unshared-encoder ablation, with the rows learned for it.
+    let own_encoder = which == Trained::Student && !config.ablation.shared_text_encoder;
+    let tokens_file = if own_encoder {
+        run.join("student_tokens.safetensors")
+    } else {
+        p.text_encoder =
+            load_text_encoder(&model_dir(&config.teacher)?.join("text_encoder"), opts)?;
+        run.join("tokens.safetensors")
+    };
 
     // Token rows in id order.
-    let tokens = read(&run.join("tokens.safetensors"))?;
+    let tokens = read(&tokens_file)?;
     let mut rows: Vec<(u32, Tensor)> = Vec::new();
     for (token, row) in tokens {
         let id = p.tokenizer.token_to_id(&token).with_context(|| {
-            format!("{token:?} is in tokens.safetensors but not in the run's tokenizer")
+            format!(
+                "{token:?} is in {} but not in the run's tokenizer",
+                tokens_file.display()
+            )
         })?;
         rows.push((id, row));
     }

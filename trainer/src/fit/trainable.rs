@@ -123,11 +123,9 @@ impl TokenRows {
         })
     }
 
-    /// Writes the rows as safetensors, one tensor per token named by the token (as
-    /// `load_textual_inversion` reads), through a temporary file beside `path`.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> = self
-            .tokens
+    /// Each token with its row, in id order.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.tokens
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -136,8 +134,13 @@ impl TokenRows {
                     self.rows.get(i as i64).detach().to_device(Device::Cpu),
                 )
             })
-            .collect();
-        write_safetensors_atomic(&tensors, path)
+            .collect()
+    }
+
+    /// Writes the rows as safetensors, one tensor per token named by the token, through a
+    /// temporary file beside `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_safetensors_atomic(&self.tensors(), path)
     }
 }
 

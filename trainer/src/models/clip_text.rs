@@ -116,6 +116,11 @@ impl ClipTextModel {
         self.added_rows = rows;
     }
 
+    /// The added rows, if any.
+    pub fn added_rows(&self) -> Option<&Tensor> {
+        self.added_rows.as_ref()
+    }
+
     /// Number of ids the model embeds: the vocabulary plus added rows.
     pub fn num_ids(&self) -> i64 {
         self.config.vocab_size + self.added_rows.as_ref().map_or(0, |r| r.size()[0])

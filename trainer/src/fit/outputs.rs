@@ -1,0 +1,375 @@
+//! What a finished run leaves in its folder: the learned K/V of each UNet and the token rows as
+//! safetensors with provenance metadata (the base model and a SHA-256 of the base weights they
+//! replace, so a bake can refuse the wrong base), the tokenizer with the new tokens, the resolved
+//! config, and a diffusers Custom Diffusion export of the student for Python users.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use super::distill::Distiller;
+use crate::checkpoint::component::Component;
+use crate::checkpoint::{write_beside, write_text_atomic};
+
+/// Metadata key: what the file holds.
+pub const META_KIND: &str = "echodistill.kind";
+/// Metadata key: the base model as configured (a folder or repo id).
+pub const META_BASE_MODEL: &str = "echodistill.base_model";
+/// Metadata key: SHA-256 of the base weights the file's tensors replace (see [`fingerprint`]).
+pub const META_BASE_SHA256: &str = "echodistill.base_sha256";
+/// Metadata key: the modifier tokens, as a JSON list.
+pub const META_TOKENS: &str = "echodistill.tokens";
+/// The file name diffusers' `load_attn_procs` looks for in a folder.
+pub const DIFFUSERS_WEIGHTS: &str = "pytorch_custom_diffusion_weights.safetensors";
+
+/// A stored tensor: dtype name, shape, raw little-endian bytes.
+type RawTensor = (String, Vec<u64>, Vec<u8>);
+
+/// Raw bytes, dtype and shape of the named tensors of safetensors `files`, read from their byte
+/// ranges only (a UNet file is gigabytes; its K/V are a few percent of it).
+fn read_raw(files: &[PathBuf], names: &[String]) -> Result<BTreeMap<String, RawTensor>> {
+    let mut found = BTreeMap::new();
+    for path in files {
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+        let len = u64::from_le_bytes(len);
+        ensure!(
+            len < 100 << 20,
+            "{}: safetensors header of {len} bytes",
+            path.display()
+        );
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header)
+            .with_context(|| format!("{}: truncated header", path.display()))?;
+        let header: serde_json::Value = serde_json::from_slice(&header)
+            .with_context(|| format!("{}: malformed safetensors header", path.display()))?;
+        for name in names {
+            let Some(info) = header.get(name) else {
+                continue;
+            };
+            let dtype = info["dtype"].as_str().unwrap_or("?").to_string();
+            let shape: Vec<u64> = serde_json::from_value(info["shape"].clone())
+                .with_context(|| format!("{}: bad shape of {name}", path.display()))?;
+            let offsets: [u64; 2] = serde_json::from_value(info["data_offsets"].clone())
+                .with_context(|| format!("{}: bad offsets of {name}", path.display()))?;
+            ensure!(
+                offsets[1] >= offsets[0],
+                "{}: bad offsets of {name}",
+                path.display()
+            );
+            let mut data = vec![0u8; (offsets[1] - offsets[0]) as usize];
+            file.seek(SeekFrom::Start(8 + len + offsets[0]))?;
+            file.read_exact(&mut data)
+                .with_context(|| format!("{}: truncated tensor {name}", path.display()))?;
+            found.insert(name.clone(), (dtype, shape, data));
+        }
+    }
+    if let Some(missing) = names.iter().find(|n| !found.contains_key(*n)) {
+        bail!(
+            "{missing} is not in {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(found)
+}
+
+/// SHA-256 (hex) of the named tensors as stored in a diffusers component folder (`unet/`): for
+/// each name in sorted order, the name, its dtype, its shape and its raw little-endian bytes. The
+/// exporter recomputes it from the base it bakes into and refuses a mismatch.
+pub fn fingerprint(component_dir: &Path, names: &[String]) -> Result<String> {
+    let files = Component::open(component_dir, "diffusion_pytorch_model")?.weight_files(None)?;
+    let raw = read_raw(&files, names)?;
+    let mut hash = Sha256::new();
+    for (name, (dtype, shape, data)) in &raw {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+        hash.update(dtype.as_bytes());
+        hash.update([0]);
+        for d in shape {
+            hash.update(d.to_le_bytes());
+        }
+        hash.update(data);
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes f32 copies of `tensors` as safetensors with `metadata` (plus `format: pt`, which
+/// transformers and diffusers expect), through a temporary file beside `path`.
+pub fn write_with_metadata(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in tensors {
+        let t = t
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let values: Vec<f32> = Vec::try_from(t.flatten(0, -1))?;
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.push((name.clone(), shape, bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| anyhow::anyhow!("{name}: {e:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    meta.insert("format".into(), "pt".into());
+    write_beside(path, |tmp| {
+        safetensors::tensor::serialize_to_file(views, &Some(meta), tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", path.display()))
+    })
+}
+
+/// Reads the `__metadata__` of a safetensors file.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    ensure!(len < 100 << 20, "{}: header of {len} bytes", path.display());
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated header", path.display()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: malformed safetensors header", path.display()))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default())
+}
+
+/// The diffusers Custom Diffusion name of a trained K/V weight:
+/// `…attn2.to_k.weight` → `…attn2.processor.to_k_custom_diffusion.weight`.
+pub fn custom_diffusion_name(name: &str) -> Result<String> {
+    for proj in ["to_k", "to_v"] {
+        let suffix = format!(".attn2.{proj}.weight");
+        if let Some(stem) = name.strip_suffix(&suffix) {
+            return Ok(format!(
+                "{stem}.attn2.processor.{proj}_custom_diffusion.weight"
+            ));
+        }
+    }
+    bail!("{name} is not a cross-attention to_k/to_v weight")
+}
+
+/// A safe file name for a token (diffusers' Custom Diffusion script names it after the token).
+fn token_file(token: &str) -> String {
+    let safe: String = token
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c == '\0' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    format!("{safe}.safetensors")
+}
+
+fn tokens_json(tokens: &[String]) -> String {
+    serde_json::to_string(tokens).unwrap_or_default()
+}
+
+/// Writes the run's results into `out` (see the module documentation).
+pub fn save(d: &Distiller, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let config = d.config();
+    let tokens = d.rows.tokens.clone();
+    let kv_file = |kv: &super::trainable::CrossAttentionKv,
+                   base: &str,
+                   base_dir: &Path,
+                   path: &Path|
+     -> Result<()> {
+        let mut meta = BTreeMap::new();
+        meta.insert(META_KIND.into(), "cross-attention-kv".into());
+        meta.insert(META_BASE_MODEL.into(), base.to_string());
+        meta.insert(
+            META_BASE_SHA256.into(),
+            fingerprint(&base_dir.join("unet"), kv.names())?,
+        );
+        meta.insert(META_TOKENS.into(), tokens_json(&tokens));
+        write_with_metadata(&kv.tensors(), &meta, path)
+    };
+    kv_file(
+        &d.kv_student,
+        &config.student,
+        &d.student_source,
+        &out.join("student.safetensors"),
+    )?;
+    if let Some(t) = &d.teacher {
+        kv_file(
+            &t.kv,
+            &config.teacher,
+            &t.source,
+            &out.join("teacher.safetensors"),
+        )?;
+    }
+    let rows_file = |rows: &super::trainable::TokenRows, encoder: &str, path: &Path| {
+        let mut meta = BTreeMap::new();
+        meta.insert(META_KIND.into(), "token-rows".into());
+        meta.insert(META_BASE_MODEL.into(), encoder.to_string());
+        meta.insert(META_TOKENS.into(), tokens_json(&rows.tokens));
+        write_with_metadata(&rows.tensors(), &meta, path)
+    };
+    rows_file(
+        &d.rows,
+        &format!("{} (text_encoder)", config.teacher),
+        &out.join("tokens.safetensors"),
+    )?;
+    if let Some(own) = &d.student_text {
+        rows_file(
+            &own.rows,
+            &format!("{} (text_encoder)", config.student),
+            &out.join("student_tokens.safetensors"),
+        )?;
+    }
+    d.tokenizer.save_dir(&out.join("tokenizer"))?;
+    write_text_atomic(&out.join("config.yaml"), &config.to_yaml()?)?;
+    export_diffusers(d, &out.join("diffusers"))
+}
+
+/// The student in diffusers' Custom Diffusion format: `pytorch_custom_diffusion_weights.safetensors`
+/// for `unet.load_attn_procs` and one `<token>.safetensors` per token for `load_textual_inversion`
+/// (the rows the student reads: its own in the unshared ablation, else the shared encoder's).
+pub fn export_diffusers(d: &Distiller, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut kv = Vec::new();
+    for (name, t) in d.kv_student.tensors() {
+        kv.push((custom_diffusion_name(&name)?, t));
+    }
+    // diffusers installs one processor per attention layer and counts them: the untrained
+    // self-attention layers appear as empty tensors (its "plain processor" marker).
+    for layer in d.student_self_attention_layers() {
+        kv.push((
+            format!("{layer}.processor"),
+            Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+        ));
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert(META_BASE_MODEL.into(), d.config().student.clone());
+    write_with_metadata(&kv, &meta, &dir.join(DIFFUSERS_WEIGHTS))?;
+    let rows = match &d.student_text {
+        Some(own) => &own.rows,
+        None => &d.rows,
+    };
+    for (token, row) in rows.tensors() {
+        write_with_metadata(
+            &[(token.clone(), row)],
+            &BTreeMap::new(),
+            &dir.join(token_file(&token)),
+        )?;
+    }
+    let readme = format!(
+        "Custom Diffusion weights of the student ({student}) trained by `trainer fit`.\n\n\
+         ```python\n\
+         import torch\n\
+         from diffusers import AutoPipelineForText2Image\n\n\
+         pipe = AutoPipelineForText2Image.from_pretrained(\"{student}\")\n\
+         # `_pipeline=pipe` works around diffusers issue 9320 (without it nothing is installed).\n\
+         pipe.unet.load_attn_procs(\"{dir}\", weight_name=\"{DIFFUSERS_WEIGHTS}\", _pipeline=pipe)\n\
+         {loads}\
+         image = pipe(\"a photo of {example}\", num_inference_steps=1, guidance_scale=0.0).images[0]\n\
+         ```\n\n\
+         The run trained the token rows in {encoder}'s text encoder; SD-Turbo's own encoder is the same\n\
+         OpenCLIP ViT-H/14, so the rows load into it. Without the private `_pipeline` argument, the\n\
+         plain-named K/V in the run's student.safetensors load with\n\
+         `pipe.unet.load_state_dict(safetensors.torch.load_file(\"student.safetensors\"), strict=False)`.\n",
+        student = d.config().student,
+        dir = dir.display(),
+        loads = rows
+            .tokens
+            .iter()
+            .map(|t| format!(
+                "pipe.load_textual_inversion(\"{}\", token=\"{t}\")\n",
+                dir.join(token_file(t)).display()
+            ))
+            .collect::<String>(),
+        example = d.subjects().first().cloned().unwrap_or_default(),
+        encoder = if d.student_text.is_some() {
+            &d.config().student
+        } else {
+            &d.config().teacher
+        },
+    );
+    write_text_atomic(&dir.join("README.md"), &readme)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_diffusion_names_follow_diffusers() {
+        assert_eq!(
+            custom_diffusion_name("down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v.weight")
+                .unwrap(),
+            "down_blocks.0.attentions.1.transformer_blocks.0.attn2.processor.to_v_custom_diffusion.weight"
+        );
+        assert!(custom_diffusion_name(
+            "mid_block.attentions.0.transformer_blocks.0.attn1.to_k.weight"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn metadata_and_fingerprint_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let unet = dir.path().join("unet");
+        std::fs::create_dir_all(&unet).unwrap();
+        std::fs::write(unet.join("config.json"), "{}").unwrap();
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        let b = Tensor::from_slice(&[5.0f32, 6.0]).view([2, 1]);
+        let weights = unet.join("diffusion_pytorch_model.safetensors");
+        let mut meta = BTreeMap::new();
+        meta.insert("k".to_string(), "v".to_string());
+        write_with_metadata(&[("a".into(), a.copy()), ("b".into(), b)], &meta, &weights).unwrap();
+        let read = read_metadata(&weights).unwrap();
+        assert_eq!(read["k"], "v");
+        assert_eq!(read["format"], "pt");
+        let back = Tensor::read_safetensors(&weights).unwrap();
+        assert!(back.iter().any(|(n, t)| n == "a" && t.equal(&a)));
+
+        let names = vec!["a".to_string()];
+        let h1 = fingerprint(&unet, &names).unwrap();
+        assert_eq!(h1.len(), 64);
+        // Changing a value of `a` changes the fingerprint; `b` is not part of it.
+        let a2 = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.5]).view([2, 2]);
+        write_with_metadata(
+            &[
+                ("a".into(), a2),
+                (
+                    "b".into(),
+                    Tensor::zeros([2, 1], (Kind::Float, Device::Cpu)),
+                ),
+            ],
+            &meta,
+            &weights,
+        )
+        .unwrap();
+        assert_ne!(fingerprint(&unet, &names).unwrap(), h1);
+        let err = fingerprint(&unet, &["missing".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}
