@@ -152,6 +152,33 @@ fn exporter_with_missing_source_folder() {
 }
 
 #[test]
+fn closed_stdout_ends_quietly() {
+    // `trainer tokenize ... | head -c 1`: the reader goes away while the trainer still writes.
+    let tok = clip_tokenizer_dir();
+    let mut args = vec![
+        "tokenize".to_string(),
+        "--tokenizer".into(),
+        tok.display().to_string(),
+        "--json".into(),
+    ];
+    for i in 0..20_000 {
+        args.push("--prompt".into());
+        args.push(format!("prompt number {i}"));
+    }
+    let mut child = std::process::Command::new(tests::binary("trainer"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
 fn tokenize_prints_ids_for_a_prompt() {
     let tok = clip_tokenizer_dir();
     let out = run_binary(
