@@ -373,6 +373,21 @@ pub fn read_all(path: &Path) -> HashMap<String, Tensor> {
         .collect()
 }
 
+/// A run driven step by step in `dir` as the runner would (config, log lines), to be "crashed"
+/// by dropping it: the Distiller and a step function that logs each iteration.
+fn crashing_run(config: FitConfig, dir: &Path) -> (Distiller, impl FnMut(&mut Distiller)) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("config.yaml"), config.to_yaml().unwrap()).unwrap();
+    let log_path = dir.join("log.jsonl");
+    let mut log = String::new();
+    let step = move |d: &mut Distiller| {
+        let s = d.step().unwrap();
+        log.push_str(&format!("{}\n", s.to_json((0.0, 0.0, 0.0))));
+        fs::write(&log_path, &log).unwrap();
+    };
+    (Distiller::new(config).unwrap(), step)
+}
+
 /// Runs `trainer fit --resume` on `resumed` and checks its results equal `straight`'s bit for bit.
 pub fn resume_and_compare(straight: &Path, resumed: &Path, when: &str) {
     let out = run_binary(
@@ -425,16 +440,8 @@ fn resumed_runs_end_bit_identical_to_uninterrupted_ones() {
 
     // Two iterations, a checkpoint, then the process "dies".
     let resumed = dir.path().join("resumed");
-    fs::create_dir_all(&resumed).unwrap();
-    fs::write(resumed.join("config.yaml"), config().to_yaml().unwrap()).unwrap();
     {
-        let mut d = Distiller::new(config()).unwrap();
-        let mut log = String::new();
-        let mut step = |d: &mut Distiller| {
-            let s = d.step().unwrap();
-            log.push_str(&format!("{}\n", s.to_json((0.0, 0.0, 0.0))));
-            fs::write(resumed.join("log.jsonl"), &log).unwrap();
-        };
+        let (mut d, mut step) = crashing_run(config(), &resumed);
         step(&mut d);
         step(&mut d);
         d.save_checkpoint(&resumed, &|_| {}).unwrap();
@@ -523,16 +530,8 @@ fn echo_stage_trains_on_student_samples_and_resumes() {
     assert_eq!(fs::read_dir(straight.join("echo")).unwrap().count(), 3);
 
     let resumed = dir.path().join("resumed");
-    fs::create_dir_all(&resumed).unwrap();
-    fs::write(resumed.join("config.yaml"), config().to_yaml().unwrap()).unwrap();
     {
-        let mut d = Distiller::new(config()).unwrap();
-        let mut log = String::new();
-        let mut step = |d: &mut Distiller| {
-            let s = d.step().unwrap();
-            log.push_str(&format!("{}\n", s.to_json((0.0, 0.0, 0.0))));
-            fs::write(resumed.join("log.jsonl"), &log).unwrap();
-        };
+        let (mut d, mut step) = crashing_run(config(), &resumed);
         step(&mut d);
         d.save_checkpoint(&resumed, &|_| {}).unwrap();
         d.generate_echo(&resumed).unwrap();

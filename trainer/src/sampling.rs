@@ -104,6 +104,30 @@ pub struct SampleOutput {
     pub timesteps: Vec<f32>,
 }
 
+/// Token ids of `prompts` (batch, 77 positions) on `device`.
+pub fn token_ids<S: AsRef<str>>(
+    tokenizer: &ClipTokenizer,
+    prompts: &[S],
+    device: Device,
+) -> Tensor {
+    let ids: Vec<i64> = prompts
+        .iter()
+        .flat_map(|p| tokenizer.encode(p.as_ref()).ids.into_iter().map(i64::from))
+        .collect();
+    Tensor::from_slice(&ids)
+        .view([prompts.len() as i64, tokenizer.max_length() as i64])
+        .to_device(device)
+}
+
+/// Writes an image as PNG through a temporary file beside `path`.
+pub fn write_png(image: &image::RgbImage, path: &Path) -> Result<()> {
+    crate::checkpoint::write_beside(path, |tmp| {
+        image
+            .save_with_format(tmp, image::ImageFormat::Png)
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
+}
+
 /// One (3, h, w) image in [-1, 1] as 8-bit RGB.
 pub fn to_rgb_image(image: &Tensor) -> Result<image::RgbImage> {
     let (_, h, w) = image.size3()?;
@@ -221,13 +245,7 @@ pub struct Networks<'a> {
 impl Networks<'_> {
     /// Text embeddings (batch, 77, dim) for `prompts`.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Tensor {
-        let ids: Vec<i64> = prompts
-            .iter()
-            .flat_map(|p| self.tokenizer.encode(p).ids.into_iter().map(i64::from))
-            .collect();
-        let ids = Tensor::from_slice(&ids)
-            .view([prompts.len() as i64, self.tokenizer.max_length() as i64])
-            .to_device(self.device);
+        let ids = token_ids(self.tokenizer, prompts, self.device);
         tch::no_grad(|| self.text_encoder.forward(&ids))
     }
 

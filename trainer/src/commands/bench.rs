@@ -3,7 +3,7 @@
 //! the peak memory of the process.
 
 use anyhow::{ensure, Result};
-use trainer::fit::config::{Concept, FitConfig};
+use trainer::fit::config::FitConfig;
 use trainer::fit::distill::Distiller;
 
 use crate::cli::BenchArgs;
@@ -34,12 +34,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     config.device = args.device.clone();
     config.dtype = args.dtype.clone();
     config.echo.enabled = false;
-    config.concepts = vec![Concept {
-        images: args.images.clone(),
-        token: "<new1>".into(),
-        class: "dog".into(),
-        init_word: None,
-    }];
     config.validate()?;
     let mut d = Distiller::new(config)?;
     println!(

@@ -21,11 +21,7 @@ pub fn device_and_kind(args: &DeviceArgs) -> Result<(Device, Kind)> {
 
 /// Saves the first image of a (batch, 3, h, w) tensor in [-1, 1] as PNG.
 pub fn save_png(images: &Tensor, path: &Path) -> Result<()> {
-    let img = trainer::sampling::to_rgb_image(&images.get(0))?;
-    write_beside(path, |tmp| {
-        img.save_with_format(tmp, image::ImageFormat::Png)
-            .with_context(|| format!("cannot write {}", path.display()))
-    })
+    trainer::sampling::write_png(&trainer::sampling::to_rgb_image(&images.get(0))?, path)
 }
 
 fn scheduler_kind(name: Option<&str>) -> Option<SchedulerKind> {

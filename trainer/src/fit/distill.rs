@@ -30,7 +30,7 @@ use crate::losses::stack::{LossStack, StackConfig};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
-use crate::sampling::{apply_step, Networks};
+use crate::sampling::{apply_step, token_ids, write_png, Networks};
 
 /// The smallest crop side relative to the photo's short side in the augmentation.
 const MIN_CROP_SCALE: f64 = 0.6;
@@ -259,17 +259,6 @@ fn scheduler_config(model: &Path) -> Result<SchedulerConfigFile> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", path.display()))
-}
-
-/// Token ids of `prompts` (batch, 77) on `device`.
-fn token_ids(tokenizer: &ClipTokenizer, prompts: &[String], device: Device) -> Tensor {
-    let ids: Vec<i64> = prompts
-        .iter()
-        .flat_map(|p| tokenizer.encode(p).ids.into_iter().map(i64::from))
-        .collect();
-    Tensor::from_slice(&ids)
-        .view([prompts.len() as i64, tokenizer.max_length() as i64])
-        .to_device(device)
 }
 
 /// Waits for queued GPU work so that phase timings mean something on CUDA.
@@ -691,6 +680,21 @@ impl Distiller {
         Ok(Some((x0, c_t)))
     }
 
+    /// The student's one-step x̂_0 from noise `z` (SPEC §4 step 2: Euler with trailing spacing,
+    /// model input √(1−ᾱ_999)·σ_max·z, x̂_0 = σ_max·(z − ε̂)), with gradient unless under no_grad.
+    fn one_step(&self, z: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let sched = &self.student_scheduler;
+        let latents = z * f64::from(sched.init_noise_sigma());
+        let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
+        let t = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
+        let eps_hat = self
+            .student
+            .model
+            .forward(&x_in, &t, context)
+            .to_kind(Kind::Float);
+        Ok(apply_step(&sched.step_coefficients(0)?, &latents, &eps_hat, None).0)
+    }
+
     /// SPEC §4 steps 2 and 3: one-step generation scored against the teacher's target and the
     /// discriminators, then the discriminators' own step.
     fn student_step(
@@ -709,16 +713,7 @@ impl Distiller {
             tch::no_grad(|| self.embed_student(&batch.prompts))
         }
         .to_kind(self.kind);
-        let sched = &self.student_scheduler;
-        let latents = &batch.z * f64::from(sched.init_noise_sigma());
-        let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
-        let t_student = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
-        let eps_hat = self
-            .student
-            .model
-            .forward(&x_in, &t_student, &context)
-            .to_kind(Kind::Float);
-        let x_s = apply_step(&sched.step_coefficients(0)?, &latents, &eps_hat, None).0;
+        let x_s = self.one_step(&batch.z, &context)?;
         phases.mark("student_forward");
         let target = self.teacher_target(&x_s, batch)?;
         phases.mark("teacher_target");
@@ -1131,28 +1126,16 @@ impl Distiller {
             let text = echo_prompt(&subject, &mut self.rng);
             let z = self.normal(&shape);
             let image = tch::no_grad(|| -> Result<Tensor> {
-                let sched = &self.student_scheduler;
                 let context = self
                     .embed_student(std::slice::from_ref(&text))
                     .to_kind(self.kind);
-                let latents = &z * f64::from(sched.init_noise_sigma());
-                let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
-                let t = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
-                let eps = self
-                    .student
-                    .model
-                    .forward(&x_in, &t, &context)
-                    .to_kind(Kind::Float);
-                let x0 = apply_step(&sched.step_coefficients(0)?, &latents, &eps, None).0;
+                let x0 = self.one_step(&z, &context)?;
                 let decoded = self.vae.model.decode(&(x0 / scaling).to_kind(self.kind));
                 Ok(decoded.to_kind(Kind::Float).clamp(-1.0, 1.0))
             })?;
             let img = crate::sampling::to_rgb_image(&image.get(0))?;
             let path = dir.join(format!("{i:03}.png"));
-            crate::checkpoint::write_beside(&path, |tmp| {
-                img.save_with_format(tmp, image::ImageFormat::Png)
-                    .with_context(|| format!("cannot write {}", path.display()))
-            })?;
+            write_png(&img, &path)?;
             samples.push((concept, Photo { path, image: img }));
         }
         self.use_echo(samples);

@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use image::RgbImage;
 use runtime::scheduler::SchedulerKind;
 
 use super::config::FitConfig;
 use super::distill::Distiller;
 use super::report::compose_grid;
-use crate::sampling::{to_rgb_image, NoiseSource, SampleRequest};
+use crate::sampling::{to_rgb_image, write_png, NoiseSource, SampleRequest};
 
 /// Padding between tiles in pixels.
 const PAD: u32 = 4;
@@ -41,6 +40,12 @@ pub fn rows(config: &FitConfig, subjects: &[String]) -> Vec<GridRow> {
     rows
 }
 
+/// `RUN/samples/`, created.
+fn samples_dir(run: &Path) -> Result<()> {
+    let dir = run.join("samples");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
 /// Where the student's grid after `iteration` goes.
 pub fn student_path(run: &Path, iteration: usize) -> PathBuf {
     run.join("samples")
@@ -50,17 +55,6 @@ pub fn student_path(run: &Path, iteration: usize) -> PathBuf {
 /// Where the teacher's final grid goes.
 pub fn teacher_path(run: &Path) -> PathBuf {
     run.join("samples").join("teacher-final.png")
-}
-
-fn write_png(image: &RgbImage, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    crate::checkpoint::write_beside(path, |tmp| {
-        image
-            .save_with_format(tmp, image::ImageFormat::Png)
-            .with_context(|| format!("cannot write {}", path.display()))
-    })
 }
 
 /// Draws the student's grid (columns: `samples.steps`) and writes it for `iteration`.
@@ -90,6 +84,7 @@ pub fn write_student_grid(d: &Distiller, run: &Path, iteration: usize) -> Result
     }
     let grid = compose_grid(&tiles, config.samples.steps.len(), PAD)?;
     let path = student_path(run, iteration);
+    samples_dir(run)?;
     write_png(&grid, &path)?;
     Ok(path)
 }
@@ -119,6 +114,7 @@ pub fn write_teacher_grid(d: &Distiller, run: &Path) -> Result<Option<PathBuf>> 
     }
     let grid = compose_grid(&tiles, 1, PAD)?;
     let path = teacher_path(run);
+    samples_dir(run)?;
     write_png(&grid, &path)?;
     Ok(Some(path))
 }

@@ -26,6 +26,28 @@ pub const META_TOKENS: &str = "echodistill.tokens";
 /// The file name diffusers' `load_attn_procs` looks for in a folder.
 pub const DIFFUSERS_WEIGHTS: &str = "pytorch_custom_diffusion_weights.safetensors";
 
+/// Opens a safetensors file and parses its JSON header: the file (positioned after the header),
+/// the header's length and the header.
+fn open_header(path: &Path) -> Result<(std::fs::File, u64, serde_json::Value)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    ensure!(
+        len < 100 << 20,
+        "{}: safetensors header of {len} bytes",
+        path.display()
+    );
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .with_context(|| format!("{}: truncated header", path.display()))?;
+    let header = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: malformed safetensors header", path.display()))?;
+    Ok((file, len, header))
+}
+
 /// A stored tensor: dtype name, shape, raw little-endian bytes.
 type RawTensor = (String, Vec<u64>, Vec<u8>);
 
@@ -34,22 +56,7 @@ type RawTensor = (String, Vec<u64>, Vec<u8>);
 fn read_raw(files: &[PathBuf], names: &[String]) -> Result<BTreeMap<String, RawTensor>> {
     let mut found = BTreeMap::new();
     for path in files {
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len)
-            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-        let len = u64::from_le_bytes(len);
-        ensure!(
-            len < 100 << 20,
-            "{}: safetensors header of {len} bytes",
-            path.display()
-        );
-        let mut header = vec![0u8; len as usize];
-        file.read_exact(&mut header)
-            .with_context(|| format!("{}: truncated header", path.display()))?;
-        let header: serde_json::Value = serde_json::from_slice(&header)
-            .with_context(|| format!("{}: malformed safetensors header", path.display()))?;
+        let (mut file, len, header) = open_header(path)?;
         for name in names {
             let Some(info) = header.get(name) else {
                 continue;
@@ -141,18 +148,7 @@ pub fn write_with_metadata(
 
 /// Reads the `__metadata__` of a safetensors file.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let len = u64::from_le_bytes(len);
-    ensure!(len < 100 << 20, "{}: header of {len} bytes", path.display());
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)
-        .with_context(|| format!("{}: truncated header", path.display()))?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: malformed safetensors header", path.display()))?;
+    let (_, _, header) = open_header(path)?;
     Ok(header
         .get("__metadata__")
         .and_then(|m| serde_json::from_value(m.clone()).ok())
