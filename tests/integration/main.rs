@@ -1,6 +1,7 @@
 //! The workspace's one integration-test binary; each module guards one contract.
 
 mod cli_errors;
+mod eval;
 mod fit;
 mod fit_ablations;
 mod fit_overfit;

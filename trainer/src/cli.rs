@@ -30,8 +30,88 @@ pub enum Command {
     BenchSample(Box<BenchSampleArgs>),
     /// Measure the student's full loss stack: milliseconds per forward + backward.
     BenchLosses(Box<BenchLossesArgs>),
+    /// Score a trained run on DreamBench: CLIP-T, CLIP-I and DINO over the subject's 25 prompts x 4 seeds.
+    Eval(Box<EvalArgs>),
+    /// Measure evaluation: seconds per generated-and-scored image.
+    BenchEval(Box<BenchEvalArgs>),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
+}
+
+/// What `trainer eval` and `trainer bench-eval` share: the dataset, the backbones, the protocol.
+#[derive(Debug, Args)]
+pub struct EvalProtocolArgs {
+    /// The DreamBench folder (google/dreambooth's dataset/, or its parent).
+    #[arg(long, env = "ECHODISTILL_DREAMBENCH", value_name = "DIR")]
+    pub dataset: PathBuf,
+    /// The subject (default: the run's image folder's name, when it is a DreamBench subject).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Reference photos of your own concept (not in DreamBench); the prompt lists still come
+    /// from --dataset, the live list for cats and dogs.
+    #[arg(long, value_name = "DIR")]
+    pub references: Option<PathBuf>,
+    /// A transformers CLIPModel folder: openai/clip-vit-base-patch32 (the paper's kind) or
+    /// openai/clip-vit-large-patch14-336 (the authors' code); `init-tiny` writes MODEL/towers/clip.
+    #[arg(long, value_name = "DIR")]
+    pub clip: PathBuf,
+    /// A DINO folder: facebook/dino-vits16 (the paper) or facebook/dinov2-large (the authors' code).
+    #[arg(long, value_name = "DIR")]
+    pub dino: PathBuf,
+    /// DINO input side (default: its config's image_size; 224 for DINOv2).
+    #[arg(long)]
+    pub dino_size: Option<i64>,
+    /// Evaluate the run's multi-step teacher instead of the one-step student.
+    #[arg(long)]
+    pub teacher: bool,
+    /// Step counts, one table row each (default: 1,2,4 for the student, 25 for the teacher).
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<usize>,
+    /// Seeds per prompt.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u64, 1, 2, 3])]
+    pub seeds: Vec<u64>,
+    /// Only the first N prompts of the subject's list (default: all 25).
+    #[arg(long)]
+    pub prompts: Option<usize>,
+    /// Sampler: euler-ancestral (default for the student, the paper's), euler or ddim (the
+    /// teacher's own by default).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Guidance scale (default: 0 for the student, the run's teacher guidance for the teacher).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Image side (default: the run's training resolution).
+    #[arg(long)]
+    pub resolution: Option<i64>,
+    /// Row label in the tables (default: the method's name).
+    #[arg(long)]
+    pub label: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A finished `trainer fit` run folder.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Where the images, scores, tables, chart and gallery go (reused images are not redrawn).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub protocol: EvalProtocolArgs,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchEvalArgs {
+    /// A finished `trainer fit` run folder.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    #[command(flatten)]
+    pub protocol: EvalProtocolArgs,
 }
 
 #[derive(Debug, Args)]

@@ -2,11 +2,12 @@
 //! checkpoints ([`checkpoint`]), sampling with them ([`sampling`]) and seeded random-weight
 //! models for tests, the demo and benchmarks ([`random_init`]); the frozen image towers
 //! ([`towers`], [`vision`]), the discriminator ensemble ([`discriminator`]) and the student's
-//! losses ([`losses`]).
+//! losses ([`losses`]); the DreamBench evaluation ([`eval`]).
 
 pub mod checkpoint;
 pub mod device;
 pub mod discriminator;
+pub mod eval;
 pub mod fit;
 pub mod losses;
 pub mod models;

@@ -155,10 +155,16 @@ const TINY_TOWERS: [(&str, &str); 5] = [
 const IP_TOKENS: i64 = 4;
 
 /// Writes tiny random image towers into `dir`: `dino-v1/`, `dino-v2/`, `image_encoder/`,
-/// `clip-vision/`, `clip-text/` (each config.json + model.safetensors, Hugging Face layout) and
-/// `ip-adapter.safetensors` (the original IP-Adapter layout) projecting to
-/// `cross_attention_dim`-wide tokens.
-pub fn write_random_towers(dir: &Path, cross_attention_dim: i64, seed: u64) -> Result<()> {
+/// `clip-vision/`, `clip-text/` (each config.json + model.safetensors, Hugging Face layout),
+/// `clip/` (the same two towers as one transformers `CLIPModel` folder with `tokenizer`'s files,
+/// the evaluation CLIP's layout) and `ip-adapter.safetensors` (the original IP-Adapter layout)
+/// projecting to `cross_attention_dim`-wide tokens.
+pub fn write_random_towers(
+    dir: &Path,
+    cross_attention_dim: i64,
+    seed: u64,
+    tokenizer: &ClipTokenizer,
+) -> Result<()> {
     let mut embed_dim = 0;
     for (i, (name, config)) in TINY_TOWERS.iter().enumerate() {
         let folder = dir.join(name);
@@ -184,6 +190,7 @@ pub fn write_random_towers(dir: &Path, cross_attention_dim: i64, seed: u64) -> R
         fill(&vs, &mut GaussianRng::new(seed.wrapping_add(i as u64)));
         save(&vs, &folder.join("model.safetensors"))?;
     }
+    write_random_clip_model(&dir.join("clip"), seed.wrapping_add(11), tokenizer)?;
     let vs = nn::VarStore::new(Device::Cpu);
     ImageProjection::new(
         vs.root() / "image_proj",
@@ -193,6 +200,39 @@ pub fn write_random_towers(dir: &Path, cross_attention_dim: i64, seed: u64) -> R
     );
     fill(&vs, &mut GaussianRng::new(seed.wrapping_add(10)));
     save(&vs, &dir.join("ip-adapter.safetensors"))
+}
+
+/// A tiny transformers `CLIPModel` folder: config.json with `text_config` and `vision_config`
+/// (the tiny CLIP towers' configs), one model.safetensors, and the tokenizer files.
+fn write_random_clip_model(folder: &Path, seed: u64, tokenizer: &ClipTokenizer) -> Result<()> {
+    let text: serde_json::Value = serde_json::from_str(TINY_TOWERS[4].1)?;
+    let vision: serde_json::Value = serde_json::from_str(TINY_TOWERS[3].1)?;
+    let config = serde_json::json!({
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": text["projection_dim"],
+        "text_config": text,
+        "vision_config": vision,
+    });
+    std::fs::create_dir_all(folder)
+        .with_context(|| format!("cannot create {}", folder.display()))?;
+    std::fs::write(
+        folder.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    drop(ClipVisionModelWithProjection::new(
+        vs.root(),
+        serde_json::from_value(vision)?,
+    )?);
+    drop(ClipTextModelWithProjection::new(
+        vs.root(),
+        serde_json::from_value(text)?,
+    )?);
+    fill(&vs, &mut GaussianRng::new(seed));
+    save(&vs, &folder.join("model.safetensors"))?;
+    tokenizer.save_dir(folder)?;
+    Ok(())
 }
 
 /// Writes a random-weight model of `arch` to `out` (which must not exist yet), copying the
@@ -259,7 +299,7 @@ pub fn write_random_model(
 
         let cross =
             UNetConfig::from_json(arch.config("unet/config.json"))?.cross_attention_dim()?;
-        write_random_towers(&tmp.join("towers"), cross, seed.wrapping_add(3))?;
+        write_random_towers(&tmp.join("towers"), cross, seed.wrapping_add(3), &tokenizer)?;
         std::fs::rename(&tmp, out)
             .with_context(|| format!("cannot move the model into {}", out.display()))
     })();

@@ -70,6 +70,62 @@ pub fn load_clip_text_projection(
     .with_context(|| format!("loading the CLIP text encoder from {}", dir.display()))
 }
 
+/// A transformers `CLIPModel` folder (e.g. `openai/clip-vit-large-patch14-336`, the evaluation
+/// CLIPs): its image tower with `visual_projection`, its text tower with `text_projection`, and
+/// the tokenizer files beside them. `logit_scale` is not needed and skipped.
+pub fn load_clip_model(
+    dir: &Path,
+    opts: LoadOptions,
+) -> Result<(
+    Loaded<ClipVisionModelWithProjection>,
+    Loaded<ClipTextModelWithProjection>,
+    runtime::ClipTokenizer,
+)> {
+    let c = Component::open(dir, "model")?;
+    let path = dir.join("config.json");
+    let root: serde_json::Value = serde_json::from_str(&c.config_text()?)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let part = |key: &str| -> Result<serde_json::Value> {
+        let mut v = root
+            .get(key)
+            .filter(|v| v.is_object())
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "{} has no {key}: expected a CLIPModel folder (config.json with text_config and vision_config)",
+                    path.display()
+                )
+            })?;
+        // CLIPConfig keeps the shared projection width at the top level.
+        if let Some(p) = root.get("projection_dim") {
+            v["projection_dim"] = p.clone();
+        }
+        Ok(v)
+    };
+    let vision_cfg: ClipVisionConfig = serde_json::from_value(part("vision_config")?)
+        .with_context(|| format!("{}: bad vision_config", path.display()))?;
+    let text_cfg: ClipTextConfig = serde_json::from_value(part("text_config")?)
+        .with_context(|| format!("{}: bad text_config", path.display()))?;
+    let keep = |prefixes: [&'static str; 2]| {
+        move |t: &mut std::collections::HashMap<String, Tensor>| {
+            t.retain(|k, _| prefixes.iter().any(|p| k.starts_with(p)))
+        }
+    };
+    let vision = c
+        .load(opts, keep(["vision_model.", "visual_projection."]), |p| {
+            ClipVisionModelWithProjection::new(p, vision_cfg)
+        })
+        .with_context(|| format!("loading the CLIP image tower from {}", dir.display()))?;
+    let text = c
+        .load(opts, keep(["text_model.", "text_projection."]), |p| {
+            ClipTextModelWithProjection::new(p, text_cfg)
+        })
+        .with_context(|| format!("loading the CLIP text tower from {}", dir.display()))?;
+    let tokenizer = runtime::ClipTokenizer::from_dir(dir)
+        .with_context(|| format!("the CLIP tokenizer files in {}", dir.display()))?;
+    Ok((vision, text, tokenizer))
+}
+
 /// The input of the DINO towers: ImageNet statistics unless raw input is asked for.
 pub fn dino_input(size: i64, normalize: bool) -> TowerInput {
     TowerInput {

@@ -5,6 +5,7 @@ mod bench_losses;
 mod bench_sample;
 mod bench_tokenize;
 mod env;
+mod eval;
 mod fit;
 mod init_tiny;
 mod sample;
@@ -29,6 +30,8 @@ pub fn run(command: Command) -> Result<Option<u8>> {
         Command::InitTiny(args) => done(init_tiny::run(&args)),
         Command::BenchSample(args) => done(bench_sample::run(&args)),
         Command::BenchLosses(args) => done(bench_losses::run(&args)),
+        Command::Eval(args) => done(eval::run(&args)),
+        Command::BenchEval(args) => done(eval::bench(&args)),
         Command::Env => done(env::run()),
     }
 }

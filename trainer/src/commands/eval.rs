@@ -1,0 +1,116 @@
+//! `trainer eval` and `trainer bench-eval`: the DreamBench protocol on a run.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use runtime::scheduler::SchedulerKind;
+use trainer::checkpoint::LoadOptions;
+use trainer::eval::evaluate_into;
+use trainer::eval::protocol::EvalSettings;
+use trainer::eval::table::to_markdown;
+
+use super::sample::device_and_kind;
+use crate::cli::{BenchEvalArgs, EvalArgs, EvalProtocolArgs};
+
+fn settings(p: &EvalProtocolArgs, quiet: bool) -> Result<EvalSettings> {
+    let scheduler = match p.scheduler.as_deref() {
+        None => None,
+        Some("euler") => Some(SchedulerKind::Euler),
+        Some("euler-ancestral") => Some(SchedulerKind::EulerAncestral),
+        Some("ddim") => Some(SchedulerKind::Ddim),
+        Some(other) => bail!("--scheduler {other:?}: choose euler-ancestral, euler or ddim"),
+    };
+    let steps = if p.steps.is_empty() {
+        if p.teacher {
+            vec![25]
+        } else {
+            vec![1, 2, 4]
+        }
+    } else {
+        p.steps.clone()
+    };
+    Ok(EvalSettings {
+        dataset: p.dataset.clone(),
+        subject: p.subject.clone(),
+        references: p.references.clone(),
+        label: p.label.clone(),
+        teacher: p.teacher,
+        steps,
+        seeds: p.seeds.clone(),
+        prompts: p.prompts,
+        scheduler,
+        guidance: p.guidance,
+        resolution: p.resolution,
+        clip: p.clip.clone(),
+        dino: p.dino.clone(),
+        dino_size: p.dino_size,
+        quiet,
+    })
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let (device, kind) = device_and_kind(&args.protocol.device)?;
+    let opts = LoadOptions {
+        device,
+        kind,
+        variant: args.protocol.device.variant.as_deref(),
+    };
+    let s = settings(&args.protocol, args.quiet)?;
+    let report = evaluate_into(&args.run, &s, &args.out, opts)?;
+    let table = to_markdown(&report.rows, &[]);
+    println!(
+        "{}",
+        table
+            .split("\n### Per subject")
+            .next()
+            .unwrap_or(&table)
+            .trim_end()
+    );
+    println!(
+        "wrote {} ({} images, {} generated now): metrics.md, metrics.csv, metrics.json, metrics.png, scores.csv, gallery.html",
+        args.out.display(),
+        report.outcome.records.len(),
+        report.outcome.generated
+    );
+    Ok(())
+}
+
+/// Seconds per generated-and-scored image: evaluates into a fresh temporary folder so every
+/// image is generated.
+pub fn bench(args: &BenchEvalArgs) -> Result<()> {
+    let (device, kind) = device_and_kind(&args.protocol.device)?;
+    let opts = LoadOptions {
+        device,
+        kind,
+        variant: args.protocol.device.variant.as_deref(),
+    };
+    let s = settings(&args.protocol, true)?;
+    let tmp = tempfile::tempdir()?;
+    let start = Instant::now();
+    let report = evaluate_into(&args.run, &s, tmp.path(), opts)?;
+    let total = start.elapsed().as_secs_f64();
+    let o = &report.outcome;
+    let n = o.records.len().max(1) as f64;
+    println!(
+        "bench-eval: {} images ({} steps {:?}, {} seeds) on {device:?} {kind:?}",
+        o.records.len(),
+        if s.teacher { "teacher" } else { "student" },
+        s.steps,
+        s.seeds.len()
+    );
+    println!(
+        "  generate  {:.4} s/image ({:.2} s total)",
+        o.generate_seconds / o.generated.max(1) as f64,
+        o.generate_seconds
+    );
+    println!(
+        "  score     {:.4} s/image ({:.2} s total, towers and references included)",
+        o.score_seconds / n,
+        o.score_seconds
+    );
+    println!(
+        "  end to end {:.4} s per generated-and-scored image ({total:.2} s with loading and writing)",
+        total / n
+    );
+    Ok(())
+}

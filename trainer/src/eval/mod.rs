@@ -1,0 +1,94 @@
+//! `trainer eval`: the DreamBench evaluation (SPEC §8). The dataset and its prompt lists
+//! ([`dreambench`]), the metric backbones and the metrics ([`metrics`]), generating and scoring
+//! one run on one subject ([`protocol`]), the tables and the bar chart ([`table`], [`chart`]),
+//! and the browsable image grids ([`gallery`]).
+
+pub mod chart;
+pub mod dreambench;
+pub mod gallery;
+pub mod metrics;
+pub mod protocol;
+pub mod table;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::checkpoint::LoadOptions;
+use protocol::{EvalOutcome, EvalSettings};
+use table::TableRow;
+
+/// Everything `trainer eval` writes, and what it measured.
+pub struct EvalReport {
+    /// The evaluation's numbers and timings.
+    pub outcome: EvalOutcome,
+    /// The table rows (one per step count).
+    pub rows: Vec<TableRow>,
+}
+
+/// Evaluates `run` into `out`: the images, `scores.jsonl`/`.csv`, `metrics.csv`/`.json`/`.md`/
+/// `.png` and `gallery.html`.
+pub fn evaluate_into(
+    run: &Path,
+    settings: &EvalSettings,
+    out: &Path,
+    opts: LoadOptions,
+) -> Result<EvalReport> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let outcome = protocol::evaluate(run, settings, out, opts)?;
+    table::write_scores(&outcome.records, out)?;
+    let rows = table::aggregate(&outcome.records);
+    let (prompts, seeds) = count_prompts_and_seeds(&outcome.records);
+    let meta = json!({
+        "run": run.display().to_string(),
+        "network": if settings.teacher { "teacher" } else { "student" },
+        "clip": settings.clip.display().to_string(),
+        "dino": settings.dino.display().to_string(),
+        "prompts_per_subject": prompts,
+        "seeds": seeds,
+        "steps": settings.steps,
+    });
+    let notes = vec![backbone_note(settings, prompts, &seeds)];
+    table::write_tables(&rows, out, meta, &notes, "DreamBench")?;
+    gallery::write_gallery(
+        out,
+        &outcome.records,
+        "DreamBench evaluation",
+        vec![
+            ("run".into(), run.display().to_string()),
+            ("table".into(), table::to_markdown(&rows, &notes)),
+        ],
+        format!("{settings:#?}"),
+    )?;
+    Ok(EvalReport { outcome, rows })
+}
+
+/// Prompts per subject and the seeds used.
+pub fn count_prompts_and_seeds(records: &[protocol::ScoreRecord]) -> (usize, Vec<u64>) {
+    let mut prompts: Vec<(String, usize)> = records
+        .iter()
+        .map(|r| (r.subject.clone(), r.prompt_index))
+        .collect();
+    prompts.sort();
+    prompts.dedup();
+    let subjects = records
+        .iter()
+        .map(|r| r.subject.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        .max(1);
+    let mut seeds: Vec<u64> = records.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    (prompts.len() / subjects, seeds)
+}
+
+/// The line under the table naming the backbones and the protocol.
+pub fn backbone_note(settings: &EvalSettings, prompts: usize, seeds: &[u64]) -> String {
+    format!(
+        "CLIP: {}; DINO: {}; {prompts} prompts per subject, seeds {seeds:?}.",
+        settings.clip.display(),
+        settings.dino.display()
+    )
+}
