@@ -34,8 +34,33 @@ pub enum Command {
     Eval(Box<EvalArgs>),
     /// Measure evaluation: seconds per generated-and-scored image.
     BenchEval(Box<BenchEvalArgs>),
+    /// Run every (method x subject) fit and evaluation of a manifest and assemble the table (resumable, shardable).
+    BenchTable(Box<BenchTableArgs>),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTableArgs {
+    /// The manifest (YAML): dataset, subjects, fit overrides, eval backbones, methods.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
+    /// The table's folder: cells/<method>/<subject>/{run,eval-*} and metrics.* at the top.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Run only this share of the cells: INDEX/COUNT, 0-based (a Slurm array task id or a
+    /// Kubernetes completion index); merge afterwards with --collect.
+    #[arg(long, value_name = "I/N", conflicts_with = "collect")]
+    pub shard: Option<trainer::eval::bench_table::Shard>,
+    /// Only merge the finished cells' scores into the table.
+    #[arg(long)]
+    pub collect: bool,
+    /// Hide the progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Where the evaluations run (the fits take `device=` from the manifest's `fit` list).
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// What `trainer eval` and `trainer bench-eval` share: the dataset, the backbones, the protocol.

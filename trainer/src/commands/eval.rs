@@ -5,12 +5,13 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use runtime::scheduler::SchedulerKind;
 use trainer::checkpoint::LoadOptions;
+use trainer::eval::bench_table::{collect, run_units, Manifest};
 use trainer::eval::evaluate_into;
 use trainer::eval::protocol::EvalSettings;
 use trainer::eval::table::to_markdown;
 
 use super::sample::device_and_kind;
-use crate::cli::{BenchEvalArgs, EvalArgs, EvalProtocolArgs};
+use crate::cli::{BenchEvalArgs, BenchTableArgs, EvalArgs, EvalProtocolArgs};
 
 fn settings(p: &EvalProtocolArgs, quiet: bool) -> Result<EvalSettings> {
     let scheduler = match p.scheduler.as_deref() {
@@ -111,6 +112,53 @@ pub fn bench(args: &BenchEvalArgs) -> Result<()> {
     println!(
         "  end to end {:.4} s per generated-and-scored image ({total:.2} s with loading and writing)",
         total / n
+    );
+    Ok(())
+}
+
+/// `trainer bench-table`: the manifest's fits and evaluations (this shard's, or all), then the
+/// table (unless sharded: each shard stops after its cells; `--collect` merges them).
+pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest)?;
+    if !args.collect {
+        let (device, kind) = device_and_kind(&args.device)?;
+        let opts = LoadOptions {
+            device,
+            kind,
+            variant: args.device.variant.as_deref(),
+        };
+        run_units(
+            &manifest,
+            &args.out,
+            args.shard,
+            opts,
+            args.quiet,
+            &mut |line| eprintln!("{line}"),
+        )?;
+        if let Some(s) = args.shard {
+            println!(
+                "shard {}/{} done; when every shard is, merge with: trainer bench-table --manifest {} --out {} --collect",
+                s.index,
+                s.count,
+                args.manifest.display(),
+                args.out.display()
+            );
+            return Ok(());
+        }
+    }
+    let rows = collect(&manifest, &args.out)?;
+    let table = to_markdown(&rows, &[]);
+    println!(
+        "{}",
+        table
+            .split("\n### Per subject")
+            .next()
+            .unwrap_or(&table)
+            .trim_end()
+    );
+    println!(
+        "wrote {}: metrics.md, metrics.csv, metrics.json, metrics.png",
+        args.out.display()
     );
     Ok(())
 }

@@ -32,6 +32,7 @@ pub fn run(command: Command) -> Result<Option<u8>> {
         Command::BenchLosses(args) => done(bench_losses::run(&args)),
         Command::Eval(args) => done(eval::run(&args)),
         Command::BenchEval(args) => done(eval::bench(&args)),
+        Command::BenchTable(args) => done(eval::bench_table(&args)),
         Command::Env => done(env::run()),
     }
 }

@@ -1,8 +1,10 @@
 //! `trainer eval`: the DreamBench evaluation (SPEC §8). The dataset and its prompt lists
 //! ([`dreambench`]), the metric backbones and the metrics ([`metrics`]), generating and scoring
 //! one run on one subject ([`protocol`]), the tables and the bar chart ([`table`], [`chart`]),
-//! and the browsable image grids ([`gallery`]).
+//! and the browsable image grids ([`gallery`]); the whole table over methods and subjects,
+//! resumable and shardable ([`bench_table`]).
 
+pub mod bench_table;
 pub mod chart;
 pub mod dreambench;
 pub mod gallery;

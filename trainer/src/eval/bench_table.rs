@@ -1,0 +1,465 @@
+//! `trainer bench-table`: the paper's Table 1 protocol as one resumable command. A manifest
+//! (YAML) lists methods (each a set of `trainer fit` overrides, the steps to evaluate and
+//! whether to evaluate the teacher) and subjects; every (fit, subject) unit trains once into
+//! `OUT/cells/<fit>/<subject>/run` and is evaluated into `…/eval-<method>`. Finished fits and
+//! evaluations are skipped, interrupted fits resume from their checkpoint. `--shard i/n` runs
+//! only units `k` with `k mod n = i`, so a Slurm job array or a Kubernetes indexed Job spreads
+//! the table over machines; `--collect` then merges every cell's scores into the table.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::dreambench::DreamBench;
+use super::gallery::slug;
+use super::protocol::{EvalSettings, ScoreRecord};
+use super::table::{aggregate, read_scores, write_tables};
+use crate::checkpoint::LoadOptions;
+use crate::fit::config::FitConfig;
+use crate::fit::runner::{run, RunOptions, RunOutcome};
+
+/// One row family of the table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MethodEntry {
+    /// The row label, e.g. "EchoDistill" or "w/o discriminators".
+    pub label: String,
+    /// `trainer fit` overrides (`key=value`) on top of the manifest's `fit` list.
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// Evaluate the run of another entry (by label) instead of training one.
+    #[serde(default)]
+    pub reuse: Option<String>,
+    /// Step counts to evaluate.
+    #[serde(default = "default_steps")]
+    pub steps: Vec<usize>,
+    /// Evaluate the run's teacher (DDIM with guidance) instead of its student.
+    #[serde(default)]
+    pub teacher: bool,
+}
+
+fn default_steps() -> Vec<usize> {
+    vec![1]
+}
+
+/// The evaluation protocol of every cell.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// A transformers CLIPModel folder.
+    pub clip: PathBuf,
+    /// A DINO (ViT) or DINOv2 folder.
+    pub dino: PathBuf,
+    /// DINO input side (default: its config's).
+    #[serde(default)]
+    pub dino_size: Option<i64>,
+    /// Seeds per prompt.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Only the first N prompts (default: all 25).
+    #[serde(default)]
+    pub prompts: Option<usize>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0, 1, 2, 3]
+}
+
+/// `table.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The DreamBench folder (photos, classes and prompt lists).
+    pub dataset: PathBuf,
+    /// Subjects (default: all of the dataset's).
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// The modifier token.
+    #[serde(default = "default_token")]
+    pub token: String,
+    /// `trainer fit` overrides for every run (models, towers, iterations, device...).
+    #[serde(default)]
+    pub fit: Vec<String>,
+    /// The evaluation protocol.
+    pub eval: EvalSection,
+    /// The rows.
+    pub methods: Vec<MethodEntry>,
+}
+
+fn default_token() -> String {
+    "<new1>".into()
+}
+
+/// One training run and the evaluations that read it.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// Index in the plan (what sharding divides).
+    pub index: usize,
+    /// The entry that trains (its label's slug names the folder).
+    pub fit: usize,
+    /// The subject.
+    pub subject: String,
+    /// The entries evaluated on this run.
+    pub evals: Vec<usize>,
+}
+
+/// `i/n`: this process runs units `k` with `k mod n = i` (0-based, as Slurm's
+/// `SLURM_ARRAY_TASK_ID` and Kubernetes' `JOB_COMPLETION_INDEX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, 0-based.
+    pub index: usize,
+    /// How many shards.
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s:?}: expected INDEX/COUNT, e.g. 0/4"))?;
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: bad index"))?;
+        let count: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: bad count"))?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "--shard {s:?}: the index must be below the count (0-based: 0/{count} .. {}/{count})",
+                count.saturating_sub(1)
+            ));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl Manifest {
+    /// Reads and checks a manifest; relative paths are taken from the manifest's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+        let mut m: Manifest = serde_yaml::from_str(&text)
+            .with_context(|| format!("{}: not a valid bench-table manifest", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut m.dataset, &mut m.eval.clip, &mut m.eval.dino] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        m.check().with_context(|| path.display().to_string())?;
+        Ok(m)
+    }
+
+    fn check(&self) -> Result<()> {
+        ensure!(!self.methods.is_empty(), "methods: list at least one");
+        let mut labels = BTreeSet::new();
+        let mut slugs = BTreeSet::new();
+        for m in &self.methods {
+            ensure!(
+                labels.insert(m.label.as_str()),
+                "methods: label {:?} appears twice",
+                m.label
+            );
+            ensure!(
+                slugs.insert(slug(&m.label)),
+                "methods: {:?} has the same folder name as another label",
+                m.label
+            );
+            ensure!(
+                !m.steps.is_empty() && !m.steps.contains(&0),
+                "methods: {:?} needs step counts of at least 1",
+                m.label
+            );
+        }
+        for m in &self.methods {
+            if let Some(r) = &m.reuse {
+                let target = self
+                    .methods
+                    .iter()
+                    .find(|x| &x.label == r)
+                    .with_context(|| {
+                        format!("methods: {:?} reuses unknown label {r:?}", m.label)
+                    })?;
+                ensure!(
+                    target.reuse.is_none() && m.set.is_empty(),
+                    "methods: {:?} reuses {r:?}: reuse a training entry, and give `set` only there",
+                    m.label
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The subjects, checked against the dataset.
+    pub fn subjects(&self, bench: &DreamBench) -> Result<Vec<String>> {
+        if self.subjects.is_empty() {
+            return Ok(bench.subjects.iter().map(|s| s.name.clone()).collect());
+        }
+        for s in &self.subjects {
+            bench.subject(s)?;
+        }
+        Ok(self.subjects.clone())
+    }
+
+    /// Every unit, in a fixed order (subjects outer, training entries inner).
+    pub fn plan(&self, subjects: &[String]) -> Vec<Unit> {
+        let mut units = Vec::new();
+        for subject in subjects {
+            for (i, m) in self.methods.iter().enumerate() {
+                if m.reuse.is_some() {
+                    continue;
+                }
+                let evals = self
+                    .methods
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, x)| *j == i || x.reuse.as_deref() == Some(m.label.as_str()))
+                    .map(|(j, _)| j)
+                    .collect();
+                units.push(Unit {
+                    index: units.len(),
+                    fit: i,
+                    subject: subject.clone(),
+                    evals,
+                });
+            }
+        }
+        units
+    }
+
+    /// The fit settings of a unit.
+    pub fn fit_config(&self, bench: &DreamBench, unit: &Unit) -> Result<FitConfig> {
+        let subject = bench.subject(&unit.subject)?;
+        // One-token initializer: the class, or its last word ("stuffed animal" -> "animal").
+        let init = subject
+            .class
+            .split_whitespace()
+            .last()
+            .unwrap_or(&subject.class)
+            .to_string();
+        let mut o = self.fit.clone();
+        o.extend(self.methods[unit.fit].set.iter().cloned());
+        o.push(format!(
+            "concepts=[{{images: {:?}, token: {:?}, class: {:?}, init_word: {:?}}}]",
+            bench.folder(subject).display().to_string(),
+            self.token,
+            subject.class,
+            init
+        ));
+        FitConfig::load(None, &o).with_context(|| {
+            format!(
+                "the fit settings of {:?} on {}",
+                self.methods[unit.fit].label, unit.subject
+            )
+        })
+    }
+
+    /// The evaluation settings of entry `method` on `subject`.
+    pub fn eval_settings(&self, method: usize, subject: &str, quiet: bool) -> EvalSettings {
+        let m = &self.methods[method];
+        EvalSettings {
+            dataset: self.dataset.clone(),
+            subject: Some(subject.to_string()),
+            references: None,
+            label: Some(m.label.clone()),
+            teacher: m.teacher,
+            steps: m.steps.clone(),
+            seeds: self.eval.seeds.clone(),
+            prompts: self.eval.prompts,
+            scheduler: None,
+            guidance: None,
+            resolution: None,
+            clip: self.eval.clip.clone(),
+            dino: self.eval.dino.clone(),
+            dino_size: self.eval.dino_size,
+            quiet,
+        }
+    }
+}
+
+/// `OUT/cells/<fit>/<subject>`.
+pub fn unit_dir(out: &Path, m: &Manifest, unit: &Unit) -> PathBuf {
+    out.join("cells")
+        .join(slug(&m.methods[unit.fit].label))
+        .join(&unit.subject)
+}
+
+/// Where entry `method`'s evaluation of a unit goes.
+pub fn eval_dir(out: &Path, m: &Manifest, unit: &Unit, method: usize) -> PathBuf {
+    unit_dir(out, m, unit).join(format!("eval-{}", slug(&m.methods[method].label)))
+}
+
+/// A fit is finished when its results are written (they are written last).
+fn fit_finished(run: &Path) -> bool {
+    run.join("student.safetensors").is_file() && run.join("config.yaml").is_file()
+}
+
+/// Runs the units of `shard` (all without one): fits and evaluations not finished yet.
+/// `log` receives one line per step.
+pub fn run_units(
+    manifest: &Manifest,
+    out: &Path,
+    shard: Option<Shard>,
+    opts: LoadOptions,
+    quiet: bool,
+    log: &mut dyn FnMut(String),
+) -> Result<()> {
+    let bench = DreamBench::open(&manifest.dataset)?;
+    let subjects = manifest.subjects(&bench)?;
+    let units = manifest.plan(&subjects);
+    let mine: Vec<&Unit> = units
+        .iter()
+        .filter(|u| shard.is_none_or(|s| u.index % s.count == s.index))
+        .collect();
+    for (k, unit) in mine.iter().enumerate() {
+        let dir = unit_dir(out, manifest, unit);
+        let run_dir = dir.join("run");
+        let label = &manifest.methods[unit.fit].label;
+        let head = format!("[{}/{}] {label} on {}", k + 1, mine.len(), unit.subject);
+        if fit_finished(&run_dir) {
+            log(format!("{head}: trained already"));
+        } else {
+            let resume = run_dir.join("checkpoint").join("state.json").is_file();
+            log(format!(
+                "{head}: {}",
+                if resume {
+                    "resuming the fit"
+                } else {
+                    "fitting"
+                }
+            ));
+            let config = manifest.fit_config(&bench, unit)?;
+            let options = RunOptions {
+                resume,
+                quiet,
+                ..RunOptions::default()
+            };
+            match run(config, &run_dir, &options)? {
+                RunOutcome::Finished => {}
+                RunOutcome::Interrupted(n) => bail!(
+                    "{head}: the fit stopped after {n} iterations; run bench-table again to resume"
+                ),
+            }
+        }
+        for &e in &unit.evals {
+            let edir = eval_dir(out, manifest, unit, e);
+            if edir.join("metrics.json").is_file() && edir.join("scores.jsonl").is_file() {
+                log(format!(
+                    "{head}: {} evaluated already",
+                    manifest.methods[e].label
+                ));
+                continue;
+            }
+            log(format!("{head}: evaluating {}", manifest.methods[e].label));
+            let settings = manifest.eval_settings(e, &unit.subject, quiet);
+            super::evaluate_into(&run_dir, &settings, &edir, opts)?;
+        }
+    }
+    Ok(())
+}
+
+/// Merges every cell's scores into `OUT/metrics.{csv,json,md,png}`; refuses while any cell is
+/// unfinished, naming them.
+pub fn collect(manifest: &Manifest, out: &Path) -> Result<Vec<super::table::TableRow>> {
+    let bench = DreamBench::open(&manifest.dataset)?;
+    let subjects = manifest.subjects(&bench)?;
+    let units = manifest.plan(&subjects);
+    let mut records: Vec<ScoreRecord> = Vec::new();
+    let mut missing = Vec::new();
+    // Rows in manifest order, whatever order the units ran in.
+    for (e, m) in manifest.methods.iter().enumerate() {
+        for unit in units.iter().filter(|u| u.evals.contains(&e)) {
+            let path = eval_dir(out, manifest, unit, e).join("scores.jsonl");
+            if path.is_file() {
+                records.extend(read_scores(&path)?);
+            } else {
+                missing.push(format!(
+                    "{} on {} (unit {})",
+                    m.label, unit.subject, unit.index
+                ));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} of the table's cells are not finished: {}. Run the remaining shards (or bench-table without --shard) first",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    let rows = aggregate(&records);
+    let (prompts, seeds) = super::count_prompts_and_seeds(&records);
+    let meta = serde_json::json!({
+        "manifest": manifest,
+        "subjects": subjects,
+        "prompts_per_subject": prompts,
+        "seeds": seeds,
+    });
+    let note = format!(
+        "{} subjects; CLIP: {}; DINO: {}; {prompts} prompts per subject, seeds {seeds:?}.",
+        subjects.len(),
+        manifest.eval.clip.display(),
+        manifest.eval.dino.display()
+    );
+    write_tables(&rows, out, meta, &[note], "DreamBench table")?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        serde_yaml::from_str(
+            "dataset: d\neval: {clip: c, dino: e}\nmethods:\n  - label: EchoDistill\n  - label: EchoDistill teacher\n    reuse: EchoDistill\n    teacher: true\n    steps: [25]\n  - label: w/o discriminators\n    set: ['discriminators=[]']\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn shards_parse_zero_based() {
+        assert_eq!("1/3".parse::<Shard>(), Ok(Shard { index: 1, count: 3 }));
+        assert!("3/3"
+            .parse::<Shard>()
+            .unwrap_err()
+            .contains("below the count"));
+        assert!("x".parse::<Shard>().is_err());
+    }
+
+    #[test]
+    fn plan_trains_once_per_fit_and_subject_and_shards_cover_it() {
+        let m = manifest();
+        m.check().unwrap();
+        let units = m.plan(&["dog".into(), "can".into()]);
+        assert_eq!(units.len(), 4);
+        assert_eq!(units[0].evals, [0, 1]);
+        assert_eq!(units[1].evals, [2]);
+        let mut seen: Vec<usize> = (0..3)
+            .flat_map(|i| {
+                let s = Shard { index: i, count: 3 };
+                units
+                    .iter()
+                    .filter(move |u| u.index % s.count == s.index)
+                    .map(|u| u.index)
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn bad_manifests_are_refused() {
+        let mut m = manifest();
+        m.methods[1].reuse = Some("nobody".into());
+        assert!(m.check().unwrap_err().to_string().contains("nobody"));
+        let mut m = manifest();
+        m.methods[2].label = "EchoDistill".into();
+        assert!(m.check().unwrap_err().to_string().contains("twice"));
+    }
+}
