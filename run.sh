@@ -157,6 +157,16 @@ demo() {
     "$trainer" sample --run "$out/run" --teacher --steps 25 --guidance 7.5 \
         --prompt 'a <new1> toy on the beach' --seed 0 --out "$out/run-teacher-25step.png"
     echo
+    if [[ -f "$ECHODISTILL_DREAMBENCH/dataset/prompts_and_classes.txt" ]]; then
+        echo "== DreamBench protocol on the run (own concept: its photos are the references;"
+        echo "   the first 3 object prompts x 2 seeds, 1/2/4 steps; tiny CLIP and DINO backbones)"
+        "$trainer" eval --run "$out/run" --out "$out/eval" --references "$ROOT/trainer/assets/example-concept" \
+            --clip "$out/tiny-student/towers/clip" --dino "$out/tiny-student/towers/dino-v1" \
+            --prompts 3 --seeds 0,1
+    else
+        echo "== (DreamBench not found at $ECHODISTILL_DREAMBENCH: skipping trainer eval; set ECHODISTILL_DREAMBENCH)"
+    fi
+    echo
     echo "== benchmarks"
     "$trainer" bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
     "$trainer" bench-sample --model "$out/tiny-student" --iters 10
@@ -164,8 +174,13 @@ demo() {
     "$trainer" bench --student "$out/tiny-student" --teacher "$out/tiny-teacher" \
         --towers "$out/tiny-student/towers" --images "$ROOT/trainer/assets/example-concept" \
         --resolution 128 --dino-v2-size 56 --iters 5
+    if [[ -f "$ECHODISTILL_DREAMBENCH/dataset/prompts_and_classes.txt" ]]; then
+        "$trainer" bench-eval --run "$out/run" --references "$ROOT/trainer/assets/example-concept" \
+            --clip "$out/tiny-student/towers/clip" --dino "$out/tiny-student/towers/dino-v1" \
+            --prompts 5 --seeds 0,1 --steps 1
+    fi
     echo
-    echo "demo outputs are in $out (open $out/run/report.html)"
+    echo "demo outputs are in $out (open $out/run/report.html and $out/eval/gallery.html)"
 }
 
 test_all() {
