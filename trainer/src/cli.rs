@@ -100,7 +100,7 @@ pub struct EvalProtocolArgs {
     pub prompts: Option<usize>,
     /// Sampler: euler-ancestral (default for the student, the paper's), euler or ddim (the
     /// teacher's own by default).
-    #[arg(long)]
+    #[arg(long, value_parser = ["euler", "euler-ancestral", "ddim"])]
     pub scheduler: Option<String>,
     /// Guidance scale (default: 0 for the student, the run's teacher guidance for the teacher).
     #[arg(long)]

@@ -229,6 +229,8 @@ fn write_random_clip_model(folder: &Path, seed: u64, tokenizer: &ClipTokenizer) 
         vs.root(),
         serde_json::from_value(text)?,
     )?);
+    // Unused by the metrics, but part of a complete CLIPModel checkpoint.
+    drop(vs.root().var("logit_scale", &[], nn::Init::Const(2.6592)));
     fill(&vs, &mut GaussianRng::new(seed));
     save(&vs, &folder.join("model.safetensors"))?;
     tokenizer.save_dir(folder)?;

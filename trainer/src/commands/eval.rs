@@ -2,25 +2,18 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use runtime::scheduler::SchedulerKind;
+use anyhow::Result;
 use trainer::checkpoint::LoadOptions;
 use trainer::eval::bench_table::{collect, run_units, Manifest};
 use trainer::eval::evaluate_into;
 use trainer::eval::protocol::EvalSettings;
 use trainer::eval::table::to_markdown;
 
-use super::sample::device_and_kind;
+use super::sample::{device_and_kind, scheduler_kind};
 use crate::cli::{BenchEvalArgs, BenchTableArgs, EvalArgs, EvalProtocolArgs};
 
-fn settings(p: &EvalProtocolArgs, quiet: bool) -> Result<EvalSettings> {
-    let scheduler = match p.scheduler.as_deref() {
-        None => None,
-        Some("euler") => Some(SchedulerKind::Euler),
-        Some("euler-ancestral") => Some(SchedulerKind::EulerAncestral),
-        Some("ddim") => Some(SchedulerKind::Ddim),
-        Some(other) => bail!("--scheduler {other:?}: choose euler-ancestral, euler or ddim"),
-    };
+fn settings(p: &EvalProtocolArgs, quiet: bool) -> EvalSettings {
+    let scheduler = scheduler_kind(p.scheduler.as_deref());
     let steps = if p.steps.is_empty() {
         if p.teacher {
             vec![25]
@@ -30,7 +23,7 @@ fn settings(p: &EvalProtocolArgs, quiet: bool) -> Result<EvalSettings> {
     } else {
         p.steps.clone()
     };
-    Ok(EvalSettings {
+    EvalSettings {
         dataset: p.dataset.clone(),
         subject: p.subject.clone(),
         references: p.references.clone(),
@@ -46,7 +39,7 @@ fn settings(p: &EvalProtocolArgs, quiet: bool) -> Result<EvalSettings> {
         dino: p.dino.clone(),
         dino_size: p.dino_size,
         quiet,
-    })
+    }
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -56,7 +49,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         kind,
         variant: args.protocol.device.variant.as_deref(),
     };
-    let s = settings(&args.protocol, args.quiet)?;
+    let s = settings(&args.protocol, args.quiet);
     let report = evaluate_into(&args.run, &s, &args.out, opts)?;
     let table = to_markdown(&report.rows, &[]);
     println!(
@@ -85,7 +78,7 @@ pub fn bench(args: &BenchEvalArgs) -> Result<()> {
         kind,
         variant: args.protocol.device.variant.as_deref(),
     };
-    let s = settings(&args.protocol, true)?;
+    let s = settings(&args.protocol, true);
     let tmp = tempfile::tempdir()?;
     let start = Instant::now();
     let report = evaluate_into(&args.run, &s, tmp.path(), opts)?;

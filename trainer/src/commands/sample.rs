@@ -24,7 +24,8 @@ pub fn save_png(images: &Tensor, path: &Path) -> Result<()> {
     trainer::sampling::write_png(&trainer::sampling::to_rgb_image(&images.get(0))?, path)
 }
 
-fn scheduler_kind(name: Option<&str>) -> Option<SchedulerKind> {
+/// The sampler a `--scheduler` value names (clap has checked it is one of the three).
+pub fn scheduler_kind(name: Option<&str>) -> Option<SchedulerKind> {
     match name? {
         "euler" => Some(SchedulerKind::Euler),
         "euler-ancestral" => Some(SchedulerKind::EulerAncestral),
