@@ -5,10 +5,10 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 use runtime::GaussianRng;
 use tch::{Device, Kind, Tensor};
-use trainer::checkpoint::{model_dir, LoadOptions};
+use trainer::checkpoint::model_dir;
 use trainer::sampling::{apply_step, Pipeline};
 
-use super::sample::device_and_kind;
+use super::sample::load_options;
 use crate::cli::BenchSampleArgs;
 
 fn sync(device: Device) {
@@ -24,13 +24,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn run(args: &BenchSampleArgs) -> Result<()> {
     ensure!(args.iters > 0, "--iters must be at least 1");
-    let (device, kind) = device_and_kind(&args.device)?;
+    let opts = load_options(&args.device)?;
+    let (device, kind) = (opts.device, opts.kind);
     let dir = model_dir(&args.model)?;
-    let opts = LoadOptions {
-        device,
-        kind,
-        variant: args.device.variant.as_deref(),
-    };
     let p = Pipeline::load(&dir, opts)?;
     let factor = p.vae.model.config().downscale_factor();
     let size = args.size.unwrap_or_else(|| {

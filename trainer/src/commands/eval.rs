@@ -3,13 +3,12 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use trainer::checkpoint::LoadOptions;
 use trainer::eval::bench_table::{collect, run_units, Manifest};
 use trainer::eval::evaluate_into;
 use trainer::eval::protocol::EvalSettings;
-use trainer::eval::table::to_markdown;
+use trainer::eval::table::summary_markdown;
 
-use super::sample::{device_and_kind, scheduler_kind};
+use super::sample::{load_options, scheduler_kind};
 use crate::cli::{BenchEvalArgs, BenchTableArgs, EvalArgs, EvalProtocolArgs};
 
 fn settings(p: &EvalProtocolArgs, quiet: bool) -> EvalSettings {
@@ -43,23 +42,10 @@ fn settings(p: &EvalProtocolArgs, quiet: bool) -> EvalSettings {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let (device, kind) = device_and_kind(&args.protocol.device)?;
-    let opts = LoadOptions {
-        device,
-        kind,
-        variant: args.protocol.device.variant.as_deref(),
-    };
+    let opts = load_options(&args.protocol.device)?;
     let s = settings(&args.protocol, args.quiet);
     let report = evaluate_into(&args.run, &s, &args.out, opts)?;
-    let table = to_markdown(&report.rows, &[]);
-    println!(
-        "{}",
-        table
-            .split("\n### Per subject")
-            .next()
-            .unwrap_or(&table)
-            .trim_end()
-    );
+    println!("{}", summary_markdown(&report.rows, &[]).trim_end());
     println!(
         "wrote {} ({} images, {} generated now): metrics.md, metrics.csv, metrics.json, metrics.png, scores.csv, gallery.html",
         args.out.display(),
@@ -72,12 +58,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 /// Seconds per generated-and-scored image: evaluates into a fresh temporary folder so every
 /// image is generated.
 pub fn bench(args: &BenchEvalArgs) -> Result<()> {
-    let (device, kind) = device_and_kind(&args.protocol.device)?;
-    let opts = LoadOptions {
-        device,
-        kind,
-        variant: args.protocol.device.variant.as_deref(),
-    };
+    let opts = load_options(&args.protocol.device)?;
     let s = settings(&args.protocol, true);
     let tmp = tempfile::tempdir()?;
     let start = Instant::now();
@@ -90,7 +71,9 @@ pub fn bench(args: &BenchEvalArgs) -> Result<()> {
         o.records.len(),
         if s.teacher { "teacher" } else { "student" },
         s.steps,
-        s.seeds.len()
+        s.seeds.len(),
+        device = opts.device,
+        kind = opts.kind
     );
     println!(
         "  generate  {:.4} s/image ({:.2} s total)",
@@ -114,12 +97,7 @@ pub fn bench(args: &BenchEvalArgs) -> Result<()> {
 pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest)?;
     if !args.collect {
-        let (device, kind) = device_and_kind(&args.device)?;
-        let opts = LoadOptions {
-            device,
-            kind,
-            variant: args.device.variant.as_deref(),
-        };
+        let opts = load_options(&args.device)?;
         run_units(
             &manifest,
             &args.out,
@@ -140,15 +118,7 @@ pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
         }
     }
     let rows = collect(&manifest, &args.out)?;
-    let table = to_markdown(&rows, &[]);
-    println!(
-        "{}",
-        table
-            .split("\n### Per subject")
-            .next()
-            .unwrap_or(&table)
-            .trim_end()
-    );
+    println!("{}", summary_markdown(&rows, &[]).trim_end());
     println!(
         "wrote {}: metrics.md, metrics.csv, metrics.json, metrics.png",
         args.out.display()

@@ -19,6 +19,16 @@ pub fn device_and_kind(args: &DeviceArgs) -> Result<(Device, Kind)> {
     Ok((device, parse_kind(&args.dtype).context("--dtype")?))
 }
 
+/// `--device`, `--dtype` and `--variant` as loading options.
+pub fn load_options(args: &DeviceArgs) -> Result<LoadOptions<'_>> {
+    let (device, kind) = device_and_kind(args)?;
+    Ok(LoadOptions {
+        device,
+        kind,
+        variant: args.variant.as_deref(),
+    })
+}
+
 /// Saves the first image of a (batch, 3, h, w) tensor in [-1, 1] as PNG.
 pub fn save_png(images: &Tensor, path: &Path) -> Result<()> {
     trainer::sampling::write_png(&trainer::sampling::to_rgb_image(&images.get(0))?, path)
@@ -34,7 +44,7 @@ pub fn scheduler_kind(name: Option<&str>) -> Option<SchedulerKind> {
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
-    let (device, kind) = device_and_kind(&args.device)?;
+    let opts = load_options(&args.device)?;
     if args
         .out
         .extension()
@@ -53,11 +63,6 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         None => NoiseSource::Seed(args.seed),
     };
     let start = Instant::now();
-    let opts = LoadOptions {
-        device,
-        kind,
-        variant: args.device.variant.as_deref(),
-    };
     let pipeline = match (&args.run, &args.model) {
         (Some(run), _) => {
             let which = if args.teacher {

@@ -402,10 +402,9 @@ pub fn collect(manifest: &Manifest, out: &Path) -> Result<Vec<super::table::Tabl
         "seeds": seeds,
     });
     let note = format!(
-        "{} subjects; CLIP: {}; DINO: {}; {prompts} prompts per subject, seeds {seeds:?}.",
+        "{} subjects; {}",
         subjects.len(),
-        manifest.eval.clip.display(),
-        manifest.eval.dino.display()
+        super::backbone_note(&manifest.eval.clip, &manifest.eval.dino, prompts, &seeds)
     );
     write_tables(&rows, out, meta, &[note], "DreamBench table")?;
     Ok(rows)

@@ -51,7 +51,12 @@ pub fn evaluate_into(
         "seeds": seeds,
         "steps": settings.steps,
     });
-    let notes = vec![backbone_note(settings, prompts, &seeds)];
+    let notes = vec![backbone_note(
+        &settings.clip,
+        &settings.dino,
+        prompts,
+        &seeds,
+    )];
     table::write_tables(&rows, out, meta, &notes, "DreamBench")?;
     gallery::write_gallery(
         out,
@@ -87,10 +92,10 @@ pub fn count_prompts_and_seeds(records: &[protocol::ScoreRecord]) -> (usize, Vec
 }
 
 /// The line under the table naming the backbones and the protocol.
-pub fn backbone_note(settings: &EvalSettings, prompts: usize, seeds: &[u64]) -> String {
+pub fn backbone_note(clip: &Path, dino: &Path, prompts: usize, seeds: &[u64]) -> String {
     format!(
         "CLIP: {}; DINO: {}; {prompts} prompts per subject, seeds {seeds:?}.",
-        settings.clip.display(),
-        settings.dino.display()
+        clip.display(),
+        dino.display()
     )
 }

@@ -17,7 +17,7 @@ use super::metrics::{ImageScore, MetricTowers};
 use crate::checkpoint::LoadOptions;
 use crate::fit::config::FitConfig;
 use crate::fit::data::load_photos;
-use crate::fit::run_dir::{load_trained, Trained};
+use crate::fit::run_dir::{load_trained, run_config, Trained};
 use crate::sampling::{to_rgb_image, write_png, NoiseSource, Pipeline, SampleRequest};
 
 /// What to evaluate and how.
@@ -203,8 +203,7 @@ pub fn evaluate(
     if settings.seeds.is_empty() {
         bail!("--seeds must list at least one seed");
     }
-    let config = FitConfig::load(Some(&run.join("config.yaml")), &[])
-        .with_context(|| format!("{} is not a `trainer fit` run folder", run.display()))?;
+    let config = run_config(run)?;
     let bench = DreamBench::open(&settings.dataset)?;
     let (subject, token, reference_images) = resolve_subject(&bench, &config, settings)?;
     let mut prompts: Vec<EvalPrompt> = bench.prompts(&subject, &token);

@@ -142,8 +142,8 @@ pub fn to_csv(rows: &[TableRow]) -> String {
     out
 }
 
-/// `metrics.md`: the Table 1 shape (method, steps, CLIP-T, CLIP-I, DINO), then per subject.
-pub fn to_markdown(rows: &[TableRow], notes: &[String]) -> String {
+/// The Table 1 shape (method, steps, CLIP-T, CLIP-I, DINO) with `notes` under it.
+pub fn summary_markdown(rows: &[TableRow], notes: &[String]) -> String {
     let mut out = String::from("| Method | Steps | CLIP-T ↑ | CLIP-I ↑ | DINO ↑ | Images |\n");
     out.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
     for r in rows {
@@ -162,6 +162,12 @@ pub fn to_markdown(rows: &[TableRow], notes: &[String]) -> String {
     for n in notes {
         let _ = writeln!(out, "{n}");
     }
+    out
+}
+
+/// `metrics.md`: [`summary_markdown`], then the same numbers per subject.
+pub fn to_markdown(rows: &[TableRow], notes: &[String]) -> String {
+    let mut out = summary_markdown(rows, notes);
     out.push_str(
         "\n### Per subject\n\n| Subject | Method | Steps | CLIP-T | CLIP-I | DINO | Images |\n",
     );

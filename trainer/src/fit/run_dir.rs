@@ -33,12 +33,17 @@ fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
         .collect())
 }
 
+/// The resolved settings a `trainer fit` run folder was trained with (its `config.yaml`).
+pub fn run_config(run: &Path) -> Result<FitConfig> {
+    FitConfig::load(Some(&run.join("config.yaml")), &[])
+        .with_context(|| format!("{} is not a `trainer fit` run folder", run.display()))
+}
+
 /// Loads the run's base model (student or teacher, from its config.yaml) with the run's
 /// tokenizer, the teacher's text encoder with the learned token rows (the encoder both were
 /// trained with) and the learned K/V weights.
 pub fn load_trained(run: &Path, which: Trained, opts: LoadOptions) -> Result<Pipeline> {
-    let config = FitConfig::load(Some(&run.join("config.yaml")), &[])
-        .with_context(|| format!("{} is not a `trainer fit` run folder", run.display()))?;
+    let config = run_config(run)?;
     if which == Trained::Teacher && !config.ablation.teacher {
         bail!(
             "{} trained no teacher (ablation.teacher=false): sample its student",
