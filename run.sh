@@ -16,6 +16,7 @@ OPEN_CLIP_VERSION=3.3.0
 TRANSFORMERS_VERSION=5.17.0
 TOKENIZERS_VERSION=0.23.3
 DIFFUSERS_VERSION=0.42.1
+PEFT_VERSION=0.18.0
 
 LIBTORCH_ROOT="$CACHE/libtorch-$TORCH_VERSION"
 PYENV="$CACHE/pyenv-transformers-$TRANSFORMERS_VERSION"
@@ -199,16 +200,22 @@ test_all() {
 # The reference environment that regenerates the committed goldens: full PyTorch (2.7 GB of
 # wheels) with diffusers and transformers. Only `./run.sh goldens` needs it; tests do not.
 setup_goldens_env() {
-    if [[ -f "$GOLDENS_ENV/.complete" ]]; then
+    # peft: diffusers' load_lora_weights needs it (tests/scripts/check_diffusers_lora.py).
+    local want="torch $TORCH_VERSION diffusers $DIFFUSERS_VERSION transformers $TRANSFORMERS_VERSION peft $PEFT_VERSION"
+    if [[ -f "$GOLDENS_ENV/.complete" && "$(cat "$GOLDENS_ENV/.complete")" == "$want" ]]; then
         say "goldens env present at $GOLDENS_ENV"
         return
     fi
-    say "creating $GOLDENS_ENV (torch $TORCH_VERSION, diffusers $DIFFUSERS_VERSION, transformers $TRANSFORMERS_VERSION; several GB)"
-    rm -rf "$GOLDENS_ENV"
-    python3 -m venv "$GOLDENS_ENV"
+    if [[ -f "$GOLDENS_ENV/bin/pip" ]]; then
+        say "updating $GOLDENS_ENV to $want"
+    else
+        say "creating $GOLDENS_ENV ($want; several GB)"
+        python3 -m venv "$GOLDENS_ENV"
+    fi
     "$GOLDENS_ENV/bin/pip" install -q "torch==$TORCH_VERSION" "diffusers==$DIFFUSERS_VERSION" \
-        "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" safetensors
-    touch "$GOLDENS_ENV/.complete"
+        "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" "peft==$PEFT_VERSION" \
+        safetensors
+    echo "$want" >"$GOLDENS_ENV/.complete"
 }
 
 goldens() {

@@ -380,6 +380,8 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
             {"label": "EchoDistill"},
             {"label": "EchoDistill teacher", "reuse": "EchoDistill", "teacher": true, "steps": [2]},
             {"label": "w/o discriminators", "set": ["discriminators=[]"]},
+            {"label": "Textual Inversion", "set": ["method=textual-inversion"]},
+            {"label": "Custom Diffusion SD 2.1", "set": ["method=custom-diffusion", "baseline.model=teacher"], "steps": [2]},
         ],
     });
     let path = dir.path().join("table.yaml");
@@ -390,9 +392,11 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
     assert!(log.contains("| EchoDistill | 1 |"), "{log}");
     assert!(log.contains("| EchoDistill teacher | 2 |"), "{log}");
     assert!(log.contains("| w/o discriminators | 1 |"), "{log}");
+    assert!(log.contains("| Textual Inversion | 1 |"), "{log}");
+    assert!(log.contains("| Custom Diffusion SD 2.1 | 2 |"), "{log}");
     let csv = fs::read_to_string(whole.join("metrics.csv")).unwrap();
-    // 3 rows x (overall + 2 subjects), each over 2 prompts x 1 seed per subject.
-    assert_eq!(csv.lines().count(), 1 + 3 * 3, "{csv}");
+    // 5 rows x (overall + 2 subjects), each over 2 prompts x 1 seed per subject.
+    assert_eq!(csv.lines().count(), 1 + 5 * 3, "{csv}");
     assert!(csv.contains("EchoDistill,1,all,4,"), "{csv}");
     for f in ["metrics.md", "metrics.json", "metrics.png"] {
         assert!(whole.join(f).is_file(), "{f}");
@@ -400,8 +404,8 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
 
     // Again: every cell is finished, nothing is redone, the table is the same.
     let again = bench_table_cli(&path, &whole, &[]);
-    assert_eq!(again.matches("trained already").count(), 4, "{again}");
-    assert_eq!(again.matches("evaluated already").count(), 6, "{again}");
+    assert_eq!(again.matches("trained already").count(), 8, "{again}");
+    assert_eq!(again.matches("evaluated already").count(), 10, "{again}");
     assert_eq!(fs::read_to_string(whole.join("metrics.csv")).unwrap(), csv);
 
     // Two shards, then collect: the same table.

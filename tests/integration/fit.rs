@@ -382,7 +382,7 @@ fn crashing_run(config: FitConfig, dir: &Path) -> (Distiller, impl FnMut(&mut Di
     let mut log = String::new();
     let step = move |d: &mut Distiller| {
         let s = d.step().unwrap();
-        log.push_str(&format!("{}\n", s.to_json((0.0, 0.0, 0.0))));
+        log.push_str(&format!("{}\n", s.to_json(&[])));
         fs::write(&log_path, &log).unwrap();
     };
     (Distiller::new(config).unwrap(), step)

@@ -18,7 +18,7 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Measure tokenizer throughput (prompts and tokens per second, one thread).
     BenchTokenize(BenchTokenizeArgs),
-    /// Teach the student and teacher a concept from a few photos (EchoDistill: distillation, then echo).
+    /// Teach a concept from a few photos: EchoDistill (student and teacher, then echo) or a baseline (--method).
     Fit(Box<FitArgs>),
     /// Measure EchoDistill training: seconds per iteration, where they go, and peak memory.
     Bench(Box<BenchArgs>),
@@ -218,6 +218,10 @@ pub struct FitArgs {
     /// The run folder for weights, tokens, log and config.
     #[arg(long, default_value = "run", value_name = "DIR")]
     pub out: PathBuf,
+    /// What to train: echodistill (default), or a baseline on one model (`baseline.model`):
+    /// custom-diffusion, textual-inversion, dreambooth, lora.
+    #[arg(long, value_name = "METHOD")]
+    pub method: Option<trainer::fit::config::MethodKind>,
     /// Override any config key, e.g. `--set iterations=200 --set losses.swd=0.2` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -225,7 +229,7 @@ pub struct FitArgs {
     #[arg(long)]
     pub print_config: bool,
     /// Continue the run in --out from its last checkpoint (its config.yaml is used).
-    #[arg(long, conflicts_with_all = ["config", "images", "set"])]
+    #[arg(long, conflicts_with_all = ["config", "images", "set", "method"])]
     pub resume: bool,
     /// Inject a fault (tests): nan@K, pause-checkpoint-write@K, pause-checkpoint-swap@K.
     #[arg(long, hide = true, value_name = "NAME@ITERATION")]

@@ -13,22 +13,13 @@ use crate::cli::{BenchEvalArgs, BenchTableArgs, EvalArgs, EvalProtocolArgs};
 
 fn settings(p: &EvalProtocolArgs, quiet: bool) -> EvalSettings {
     let scheduler = scheduler_kind(p.scheduler.as_deref());
-    let steps = if p.steps.is_empty() {
-        if p.teacher {
-            vec![25]
-        } else {
-            vec![1, 2, 4]
-        }
-    } else {
-        p.steps.clone()
-    };
     EvalSettings {
         dataset: p.dataset.clone(),
         subject: p.subject.clone(),
         references: p.references.clone(),
         label: p.label.clone(),
         teacher: p.teacher,
-        steps,
+        steps: p.steps.clone(),
         seeds: p.seeds.clone(),
         prompts: p.prompts,
         scheduler,
@@ -69,8 +60,8 @@ pub fn bench(args: &BenchEvalArgs) -> Result<()> {
     println!(
         "bench-eval: {} images ({} steps {:?}, {} seeds) on {device:?} {kind:?}",
         o.records.len(),
-        if s.teacher { "teacher" } else { "student" },
-        s.steps,
+        o.network,
+        o.steps,
         s.seeds.len(),
         device = opts.device,
         kind = opts.kind

@@ -24,6 +24,9 @@ pub fn run(args: &FitArgs) -> Result<Option<u8>> {
         })?
     } else {
         let mut overrides = Vec::new();
+        if let Some(method) = args.method {
+            overrides.push(format!("method={}", method.id()));
+        }
         if let (Some(images), Some(token), Some(class)) = (&args.images, &args.token, &args.class) {
             // One concept from the flags, written as YAML so it goes through the same validation.
             let concept = serde_json::json!([{
@@ -61,9 +64,26 @@ pub fn run(args: &FitArgs) -> Result<Option<u8>> {
     };
     match run_fit(config, &args.out, &options)? {
         RunOutcome::Finished => {
+            let mut files: Vec<String> = std::fs::read_dir(&args.out)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                        .map(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            if e.path().is_dir() {
+                                format!("{name}/")
+                            } else {
+                                name
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
             println!(
-                "wrote {0}: student.safetensors, teacher.safetensors, tokens.safetensors, tokenizer/, diffusers/, samples/, report.html (log {0}/log.jsonl)",
-                args.out.display()
+                "wrote {0}: {1} (log {0}/log.jsonl, report {0}/report.html)",
+                args.out.display(),
+                files.join(", ")
             );
             Ok(None)
         }

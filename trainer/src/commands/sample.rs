@@ -8,7 +8,7 @@ use runtime::scheduler::SchedulerKind;
 use tch::{Device, Kind, Tensor};
 use trainer::checkpoint::{model_dir, write_beside, LoadOptions};
 use trainer::device::{parse_device, parse_kind};
-use trainer::fit::run_dir::{load_trained, Trained};
+use trainer::fit::run_dir::{load_trained, run_config, trained_network};
 use trainer::sampling::{NoiseSource, Pipeline, SampleRequest};
 
 use crate::cli::{DeviceArgs, SampleArgs};
@@ -65,11 +65,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let start = Instant::now();
     let pipeline = match (&args.run, &args.model) {
         (Some(run), _) => {
-            let which = if args.teacher {
-                Trained::Teacher
-            } else {
-                Trained::Student
-            };
+            let which = trained_network(run, &run_config(run)?, args.teacher)?;
             load_trained(run, which, opts)?
         }
         (None, Some(model)) => Pipeline::load(&model_dir(model)?, opts)?,

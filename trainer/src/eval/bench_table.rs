@@ -295,11 +295,6 @@ pub fn eval_dir(out: &Path, m: &Manifest, unit: &Unit, method: usize) -> PathBuf
     unit_dir(out, m, unit).join(format!("eval-{}", slug(&m.methods[method].label)))
 }
 
-/// A fit is finished when its results are written (they are written last).
-fn fit_finished(run: &Path) -> bool {
-    run.join("student.safetensors").is_file() && run.join("config.yaml").is_file()
-}
-
 /// Runs the units of `shard` (all without one): fits and evaluations not finished yet.
 /// `log` receives one line per step.
 pub fn run_units(
@@ -322,7 +317,7 @@ pub fn run_units(
         let run_dir = dir.join("run");
         let label = &manifest.methods[unit.fit].label;
         let head = format!("[{}/{}] {label} on {}", k + 1, mine.len(), unit.subject);
-        if fit_finished(&run_dir) {
+        if crate::fit::run_dir::is_finished(&run_dir) {
             log(format!("{head}: trained already"));
         } else {
             let resume = run_dir.join("checkpoint").join("state.json").is_file();

@@ -44,12 +44,12 @@ pub fn evaluate_into(
     let (prompts, seeds) = count_prompts_and_seeds(&outcome.records);
     let meta = json!({
         "run": run.display().to_string(),
-        "network": if settings.teacher { "teacher" } else { "student" },
+        "network": outcome.network,
         "clip": settings.clip.display().to_string(),
         "dino": settings.dino.display().to_string(),
         "prompts_per_subject": prompts,
         "seeds": seeds,
-        "steps": settings.steps,
+        "steps": outcome.steps,
     });
     let notes = vec![backbone_note(
         &settings.clip,

@@ -17,7 +17,7 @@ use super::metrics::{ImageScore, MetricTowers};
 use crate::checkpoint::LoadOptions;
 use crate::fit::config::FitConfig;
 use crate::fit::data::load_photos;
-use crate::fit::run_dir::{load_trained, run_config, Trained};
+use crate::fit::run_dir::{load_trained, method_label, run_config, trained_network, Trained};
 use crate::sampling::{to_rgb_image, write_png, NoiseSource, Pipeline, SampleRequest};
 
 /// What to evaluate and how.
@@ -31,9 +31,11 @@ pub struct EvalSettings {
     pub references: Option<PathBuf>,
     /// The row label in the tables (default: the method's name).
     pub label: Option<String>,
-    /// Evaluate the run's multi-step teacher instead of its student.
+    /// Evaluate the run's multi-step teacher instead of its student (a baseline's run has one
+    /// model and is evaluated on it either way).
     pub teacher: bool,
-    /// Step counts, one table row each.
+    /// Step counts, one table row each (empty: 1, 2 and 4 for the one-step student, 25 for a
+    /// multi-step teacher).
     pub steps: Vec<usize>,
     /// Seeds per prompt (the protocol's 4).
     pub seeds: Vec<u64>,
@@ -89,15 +91,10 @@ pub struct EvalOutcome {
     pub generate_seconds: f64,
     /// Seconds spent scoring (towers and references included).
     pub score_seconds: f64,
-}
-
-/// The run's method name for tables.
-pub fn method_label(teacher: bool) -> String {
-    if teacher {
-        "EchoDistill teacher".into()
-    } else {
-        "EchoDistill".into()
-    }
+    /// The network evaluated: "student" or "teacher".
+    pub network: &'static str,
+    /// The step counts evaluated.
+    pub steps: Vec<usize>,
 }
 
 /// The subject to evaluate, its modifier token and its references.
@@ -197,7 +194,7 @@ pub fn evaluate(
     out: &Path,
     opts: LoadOptions,
 ) -> Result<EvalOutcome> {
-    if settings.steps.is_empty() || settings.steps.contains(&0) {
+    if settings.steps.contains(&0) {
         bail!("--steps must list step counts of at least 1");
     }
     if settings.seeds.is_empty() {
@@ -213,25 +210,31 @@ pub fn evaluate(
         }
         prompts.truncate(n);
     }
+    let which = trained_network(run, &config, settings.teacher)?;
+    let multi_step = which == Trained::Teacher;
     let label = settings
         .label
         .clone()
-        .unwrap_or_else(|| method_label(settings.teacher));
-    let which = if settings.teacher {
-        Trained::Teacher
+        .unwrap_or_else(|| method_label(&config, which));
+    let steps_list = if settings.steps.is_empty() {
+        if multi_step {
+            vec![25]
+        } else {
+            vec![1, 2, 4]
+        }
     } else {
-        Trained::Student
+        settings.steps.clone()
     };
     let towers = MetricTowers::load(&settings.clip, &settings.dino, settings.dino_size, opts)?;
     let pipeline = load_trained(run, which, opts)?;
     let side = settings.resolution.unwrap_or(config.resolution);
-    let (default_kind, default_guidance) = if settings.teacher {
+    let (default_kind, default_guidance) = if multi_step {
         (None, config.samples.teacher_guidance)
     } else {
         (Some(SchedulerKind::EulerAncestral), 0.0)
     };
 
-    let total = settings.steps.len() * prompts.len() * settings.seeds.len();
+    let total = steps_list.len() * prompts.len() * settings.seeds.len();
     let bar = if settings.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -250,7 +253,7 @@ pub fn evaluate(
     let mut score_seconds = score_start.elapsed().as_secs_f64();
     let (mut generated, mut generate_seconds) = (0, 0.0);
     let mut records = Vec::new();
-    for &steps in &settings.steps {
+    for &steps in &steps_list {
         let mut images = Vec::new();
         let mut meta = Vec::new();
         for (pi, prompt) in prompts.iter().enumerate() {
@@ -300,5 +303,7 @@ pub fn evaluate(
         generated,
         generate_seconds,
         score_seconds,
+        network: if multi_step { "teacher" } else { "student" },
+        steps: steps_list,
     })
 }

@@ -190,8 +190,223 @@ impl Default for Samples {
     }
 }
 
+/// What `trainer fit` trains: EchoDistill, or one of the paper's baselines (SPEC §8), each on
+/// one model with the photos' diffusion loss.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodKind {
+    /// Teacher and student together, then the echo stage (SPEC §3-5).
+    #[default]
+    Echodistill,
+    /// Cross-attention K/V and the token row (Kumari et al. 2023).
+    CustomDiffusion,
+    /// The token row alone (Gal et al. 2023).
+    TextualInversion,
+    /// The whole UNet (and the token row), optionally with prior preservation (Ruiz et al. 2023).
+    Dreambooth,
+    /// Low-rank adapters on the UNet's attention projections (and the token row).
+    Lora,
+}
+
+impl MethodKind {
+    /// Every method, in the order of the paper's table.
+    pub const ALL: [MethodKind; 5] = [
+        MethodKind::Echodistill,
+        MethodKind::CustomDiffusion,
+        MethodKind::TextualInversion,
+        MethodKind::Dreambooth,
+        MethodKind::Lora,
+    ];
+
+    /// The name used in configs and on the command line.
+    pub fn id(self) -> &'static str {
+        match self {
+            MethodKind::Echodistill => "echodistill",
+            MethodKind::CustomDiffusion => "custom-diffusion",
+            MethodKind::TextualInversion => "textual-inversion",
+            MethodKind::Dreambooth => "dreambooth",
+            MethodKind::Lora => "lora",
+        }
+    }
+
+    /// The name used in tables.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            MethodKind::Echodistill => "EchoDistill",
+            MethodKind::CustomDiffusion => "Custom Diffusion",
+            MethodKind::TextualInversion => "Textual Inversion",
+            MethodKind::Dreambooth => "DreamBooth",
+            MethodKind::Lora => "LoRA",
+        }
+    }
+
+    /// Whether this is one of the single-model baselines.
+    pub fn is_baseline(self) -> bool {
+        self != MethodKind::Echodistill
+    }
+
+    /// Iterations when the config does not say: the paper's (SPEC §8: 1000 for EchoDistill,
+    /// Custom Diffusion and DreamBooth, 4000 for Textual Inversion, 800 for LoRA).
+    pub fn default_iterations(self) -> usize {
+        match self {
+            MethodKind::TextualInversion => 4000,
+            MethodKind::Lora => 800,
+            _ => 1000,
+        }
+    }
+
+    /// The learning rate of what the method trains (`baseline.lr` when unset), from each
+    /// method's common practice: Custom Diffusion 1e-5 (its script's base rate, and what
+    /// EchoDistill's teacher K/V use), Textual Inversion 5e-4 (diffusers' documented effective
+    /// rate), DreamBooth 5e-6 (diffusers' script), LoRA 1e-4 (diffusers' LoRA scripts).
+    pub fn default_lr(self) -> f64 {
+        match self {
+            MethodKind::Echodistill | MethodKind::CustomDiffusion => 1e-5,
+            MethodKind::TextualInversion => 5e-4,
+            MethodKind::Dreambooth => 5e-6,
+            MethodKind::Lora => 1e-4,
+        }
+    }
+}
+
+impl std::str::FromStr for MethodKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        MethodKind::ALL
+            .into_iter()
+            .find(|m| m.id() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown method {s:?}; choose one of {}",
+                    MethodKind::ALL.map(MethodKind::id).join(", ")
+                )
+            })
+    }
+}
+
+/// Which of the configured models a baseline fine-tunes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselineModel {
+    /// The one-step student (`student:`, SD-Turbo).
+    #[default]
+    Student,
+    /// The multi-step teacher (`teacher:`, SD 2.1).
+    Teacher,
+}
+
+/// The baselines' settings (`method` other than echodistill). Unset values take the method's
+/// default when the config is loaded, so the run's config.yaml shows what was used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Baseline {
+    /// The model to fine-tune.
+    pub model: BaselineModel,
+    /// Learning rate of what the method trains (see [`MethodKind::default_lr`]).
+    pub lr: Option<f64>,
+    /// Train the new token's embedding row too (DreamBooth and LoRA; default true: a frozen row
+    /// equal to its initializer word makes "<new1> dog" read "dog dog"). Custom Diffusion and
+    /// Textual Inversion always train it.
+    pub train_token: Option<bool>,
+    /// Learning rate of the token row for DreamBooth and LoRA (default 5e-4, Textual
+    /// Inversion's); Custom Diffusion's and Textual Inversion's row uses `lr` (Custom
+    /// Diffusion's script trains K/V and row with one optimiser).
+    pub token_lr: Option<f64>,
+    /// Prior preservation: a second diffusion loss on generated images of the class keeps the
+    /// model's idea of the class (default: on for DreamBooth, off otherwise; not for Textual
+    /// Inversion, whose model is frozen).
+    pub prior_preservation: Option<bool>,
+    /// Weight of the prior loss.
+    pub prior_weight: f64,
+    /// Class images per concept (generated by the model before training where fewer exist).
+    pub class_images: usize,
+    /// Where class images are kept, one folder per class (default: RUN/class_images). Images
+    /// already there are used; missing ones are generated.
+    pub class_data_dir: Option<PathBuf>,
+    /// Sampling steps for generating class images (default: 1 for the student, 25 for the
+    /// teacher).
+    pub class_steps: Option<usize>,
+    /// LoRA rank.
+    pub lora_rank: i64,
+    /// LoRA alpha (the update is scaled by alpha / rank; default: the rank, i.e. scale 1).
+    pub lora_alpha: Option<f64>,
+    /// The attention projections that get adapters, in every UNet attention layer (self and
+    /// cross): any of to_q, to_k, to_v, to_out.0.
+    pub lora_targets: Vec<String>,
+}
+
+impl Default for Baseline {
+    fn default() -> Self {
+        Self {
+            model: BaselineModel::Student,
+            lr: None,
+            train_token: None,
+            token_lr: None,
+            prior_preservation: None,
+            prior_weight: 1.0,
+            class_images: 100,
+            class_data_dir: None,
+            class_steps: None,
+            lora_rank: 4,
+            lora_alpha: None,
+            lora_targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// The projections LoRA may adapt (diffusers' DreamBooth-LoRA targets all four).
+pub const LORA_TARGETS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
+
+impl Baseline {
+    /// Fills every unset value with `method`'s default.
+    fn resolve(&mut self, method: MethodKind) {
+        self.lr.get_or_insert(method.default_lr());
+        self.train_token.get_or_insert(true);
+        self.token_lr.get_or_insert(5e-4);
+        self.prior_preservation
+            .get_or_insert(method == MethodKind::Dreambooth);
+        self.class_steps.get_or_insert(match self.model {
+            BaselineModel::Student => 1,
+            BaselineModel::Teacher => 25,
+        });
+        self.lora_alpha.get_or_insert(self.lora_rank as f64);
+    }
+
+    /// The resolved learning rate.
+    pub fn lr(&self) -> f64 {
+        self.lr.unwrap_or(1e-5)
+    }
+
+    /// The resolved token-row learning rate (`token_lr` for DreamBooth and LoRA, else `lr`).
+    pub fn row_lr(&self, method: MethodKind) -> f64 {
+        match method {
+            MethodKind::Dreambooth | MethodKind::Lora => self.token_lr.unwrap_or(5e-4),
+            _ => self.lr(),
+        }
+    }
+
+    /// Whether the token row trains (always for Custom Diffusion and Textual Inversion).
+    pub fn trains_token(&self, method: MethodKind) -> bool {
+        matches!(
+            method,
+            MethodKind::CustomDiffusion | MethodKind::TextualInversion
+        ) || self.train_token.unwrap_or(true)
+    }
+
+    /// Whether prior preservation is on.
+    pub fn prior(&self) -> bool {
+        self.prior_preservation.unwrap_or(false)
+    }
+
+    /// LoRA's scale alpha / rank.
+    pub fn lora_scale(&self) -> f64 {
+        self.lora_alpha.unwrap_or(self.lora_rank as f64) / self.lora_rank as f64
+    }
+}
+
 /// A part of the run, in order: the distillation stage (or its teacher-first halves), then the
-/// echo stage.
+/// echo stage; a baseline's run is one fine-tuning stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// Teacher, student and discriminators together (SPEC §4).
@@ -202,6 +417,8 @@ pub enum Stage {
     StudentOnly,
     /// The echo stage (SPEC §5): the student's samples replace the photos.
     Echo,
+    /// A baseline's fine-tuning on the photos.
+    Finetune,
 }
 
 impl Stage {
@@ -222,6 +439,7 @@ impl Stage {
             Stage::TeacherOnly => "teacher-first",
             Stage::StudentOnly => "student-after-teacher",
             Stage::Echo => "echo",
+            Stage::Finetune => "finetune",
         }
     }
 }
@@ -230,6 +448,9 @@ impl Stage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FitConfig {
+    /// What to train: echodistill, or a baseline (custom-diffusion, textual-inversion,
+    /// dreambooth, lora) configured in `baseline`.
+    pub method: MethodKind,
     /// The multi-step teacher: a diffusers folder or repo id.
     pub teacher: String,
     /// The one-step student.
@@ -242,7 +463,8 @@ pub struct FitConfig {
     pub resolution: i64,
     /// Images per step.
     pub batch_size: i64,
-    /// Distillation iterations.
+    /// Distillation iterations (a baseline's fine-tuning iterations; default per method, see
+    /// [`MethodKind::default_iterations`]).
     pub iterations: usize,
     /// Teacher K/V and token rows.
     pub lr_teacher: f64,
@@ -282,11 +504,14 @@ pub struct FitConfig {
     pub recovery: Recovery,
     /// Sample grids.
     pub samples: Samples,
+    /// The baselines' settings.
+    pub baseline: Baseline,
 }
 
 impl Default for FitConfig {
     fn default() -> Self {
         Self {
+            method: MethodKind::Echodistill,
             teacher: "stabilityai/stable-diffusion-2-1".into(),
             student: "stabilityai/sd-turbo".into(),
             towers: None,
@@ -313,6 +538,7 @@ impl Default for FitConfig {
             ablation: Ablation::default(),
             recovery: Recovery::default(),
             samples: Samples::default(),
+            baseline: Baseline::default(),
         }
     }
 }
@@ -342,6 +568,9 @@ fn set_key(root: &mut serde_yaml::Value, key: &str, value: &str) -> Result<()> {
 impl FitConfig {
     /// The run's stages and their lengths, in order.
     pub fn stages(&self) -> Vec<(Stage, usize)> {
+        if self.method.is_baseline() {
+            return vec![(Stage::Finetune, self.iterations)];
+        }
         let mut stages = if self.ablation.teacher_first {
             vec![
                 (Stage::TeacherOnly, self.iterations),
@@ -384,9 +613,14 @@ impl FitConfig {
             }
     }
 
-    /// The defaults, overlaid with `file` (if any), then with `overrides` (`key=value`).
+    /// The defaults, overlaid with `file` (if any), then with `overrides` (`key=value`); unset
+    /// method-dependent values (`iterations`, the baseline's) take the method's defaults.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut root = serde_yaml::to_value(Self::default())?;
+        // `iterations` depends on the method: absent until the user sets it.
+        if let Some(map) = root.as_mapping_mut() {
+            map.remove("iterations");
+        }
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -400,7 +634,24 @@ impl FitConfig {
                 .with_context(|| format!("--set {o}: expected key=value"))?;
             set_key(&mut root, k.trim(), v)?;
         }
-        let config: Self = serde_yaml::from_value(root).context("invalid configuration")?;
+        let method: MethodKind = match root.get("method") {
+            Some(m) => serde_yaml::from_value(m.clone()).map_err(|_| {
+                anyhow::anyhow!(
+                    "method: {} is not one of {}",
+                    serde_yaml::to_string(m).unwrap_or_default().trim(),
+                    MethodKind::ALL.map(MethodKind::id).join(", ")
+                )
+            })?,
+            None => MethodKind::Echodistill,
+        };
+        if let Some(map) = root.as_mapping_mut() {
+            let key = serde_yaml::Value::String("iterations".into());
+            if !map.contains_key(&key) {
+                map.insert(key, method.default_iterations().into());
+            }
+        }
+        let mut config: Self = serde_yaml::from_value(root).context("invalid configuration")?;
+        config.baseline.resolve(config.method);
         config.validate()?;
         Ok(config)
     }
@@ -464,6 +715,9 @@ impl FitConfig {
                 self.samples.scheduler
             );
         }
+        if self.method.is_baseline() {
+            self.validate_baseline()?;
+        }
         let mut tokens: Vec<&str> = self.concepts.iter().map(|c| c.token.as_str()).collect();
         tokens.sort();
         tokens.dedup();
@@ -472,6 +726,57 @@ impl FitConfig {
             "two concepts use the same token"
         );
         Ok(())
+    }
+
+    fn validate_baseline(&self) -> Result<()> {
+        let b = &self.baseline;
+        if b.prior() {
+            ensure!(
+                self.method != MethodKind::TextualInversion,
+                "baseline.prior_preservation: Textual Inversion trains no model weights to preserve; set it to false"
+            );
+            ensure!(
+                b.class_images > 0,
+                "baseline.class_images must be at least 1 with prior preservation"
+            );
+            ensure!(
+                b.class_steps.unwrap_or(1) > 0,
+                "baseline.class_steps must be at least 1"
+            );
+        }
+        ensure!(
+            b.lr() > 0.0 && b.row_lr(self.method) > 0.0,
+            "baseline.lr and baseline.token_lr must be positive"
+        );
+        if self.method == MethodKind::Lora {
+            ensure!(
+                b.lora_rank > 0,
+                "baseline.lora_rank {} must be at least 1",
+                b.lora_rank
+            );
+            ensure!(
+                !b.lora_targets.is_empty(),
+                "baseline.lora_targets: list at least one of {}",
+                LORA_TARGETS.join(", ")
+            );
+            for t in &b.lora_targets {
+                if !LORA_TARGETS.contains(&t.as_str()) {
+                    bail!(
+                        "baseline.lora_targets: unknown {t:?} (choose from {})",
+                        LORA_TARGETS.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The model a baseline fine-tunes (its folder or repo id as configured).
+    pub fn baseline_model(&self) -> &str {
+        match self.baseline.model {
+            BaselineModel::Student => &self.student,
+            BaselineModel::Teacher => &self.teacher,
+        }
     }
 
     /// The resolved config as YAML.

@@ -9,6 +9,8 @@ use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageReader, RgbIm
 use runtime::GaussianRng;
 use tch::Tensor;
 
+use super::config::Concept;
+
 /// File extensions read as photos.
 const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "jfif"];
 
@@ -121,6 +123,23 @@ pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
             })
         })
         .collect()
+}
+
+/// The photos of every concept, each with its concept's index; warns about a concept with one
+/// photo.
+pub fn load_concept_photos(concepts: &[Concept]) -> Result<Vec<(usize, Photo)>> {
+    let mut photos = Vec::new();
+    for (i, c) in concepts.iter().enumerate() {
+        let loaded = load_photos(&c.images)?;
+        if loaded.len() == 1 {
+            eprintln!(
+                "warning: {} has one photo; 3-5 photos teach a concept better",
+                c.images.display()
+            );
+        }
+        photos.extend(loaded.into_iter().map(|p| (i, p)));
+    }
+    Ok(photos)
 }
 
 /// Random-scale square crop (side between `min_scale` and 1 of the short side, anywhere in the

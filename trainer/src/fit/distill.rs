@@ -5,11 +5,10 @@
 //! the new token rows and the discriminator heads train. The ablation switches (`ablation:` in
 //! the config) drop the teacher, unshare the text encoder or split the stage in two.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use runtime::scheduler::config::SchedulerConfigFile;
 use runtime::scheduler::{PredictionType, SchedulerConfig, SchedulerKind};
 use runtime::{ClipTokenizer, GaussianRng, Scheduler};
@@ -18,14 +17,16 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{FitConfig, Stage};
-use super::data::{augment, echo_prompt, load_photos, prompt, Photo};
+use super::data::{augment, echo_prompt, load_concept_photos, prompt, Photo};
 use super::optim::AdamW;
-use super::trainable::{CrossAttentionKv, TokenRows};
+use super::run_checkpoint::{self, Contents};
+use super::trainable::{add_concept_tokens, CrossAttentionKv, TokenRows};
 use crate::checkpoint::{load_text_encoder, load_unet, load_vae, model_dir, LoadOptions, Loaded};
 use crate::device::{parse_device, parse_kind};
 use crate::discriminator::Backbone;
 use crate::losses::adversarial::AdversarialLoss;
 use crate::losses::alignment::AlignmentWeights;
+use crate::losses::diffusion;
 use crate::losses::stack::{LossStack, StackConfig};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
@@ -33,7 +34,7 @@ use crate::models::vae::AutoencoderKL;
 use crate::sampling::{apply_step, token_ids, write_png, Networks};
 
 /// The smallest crop side relative to the photo's short side in the augmentation.
-const MIN_CROP_SCALE: f64 = 0.6;
+pub(crate) const MIN_CROP_SCALE: f64 = 0.6;
 
 /// The multi-step teacher: its UNet, the K/V it trains and their optimiser.
 pub struct TeacherNet {
@@ -137,6 +138,17 @@ pub struct StudentLog {
     pub grad_norm: f64,
 }
 
+/// A baseline's step numbers.
+#[derive(Debug, Clone)]
+pub struct FinetuneLog {
+    /// The diffusion loss on the photos plus the weighted prior loss.
+    pub loss: f64,
+    /// The prior-preservation loss on the class images (0 without).
+    pub prior_loss: f64,
+    /// Gradient norm of what trains, before clipping.
+    pub grad_norm: f64,
+}
+
 /// One iteration's numbers, as logged.
 #[derive(Debug, Clone)]
 pub struct StepLog {
@@ -148,6 +160,8 @@ pub struct StepLog {
     pub teacher: Option<TeacherLog>,
     /// The student step, if it ran.
     pub student: Option<StudentLog>,
+    /// A baseline's step, if it ran.
+    pub finetune: Option<FinetuneLog>,
     /// Seconds the iteration took.
     pub seconds: f64,
     /// Seconds per part of the iteration, in order.
@@ -166,27 +180,54 @@ impl StepLog {
                 .iter()
                 .all(|v| v.is_finite())
         });
-        t && s
+        let f = self.finetune.as_ref().is_none_or(|f| {
+            [f.loss, f.prior_loss, f.grad_norm]
+                .iter()
+                .all(|v| v.is_finite())
+        });
+        t && s && f
     }
 
     /// Teacher plus student loss (what the spike test watches).
     pub fn total_loss(&self) -> f64 {
         self.teacher.as_ref().map_or(0.0, |t| t.loss)
             + self.student.as_ref().map_or(0.0, |s| s.loss)
+            + self.finetune.as_ref().map_or(0.0, |f| f.loss)
     }
 
-    /// One `log.jsonl` line (non-finite numbers become null; absent steps are left out).
-    pub fn to_json(&self, lr: (f64, f64, f64)) -> serde_json::Value {
+    /// A short summary for the progress bar.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(t) = &self.teacher {
+            parts.push(format!("teacher {:.4}", t.loss));
+        }
+        if let Some(s) = &self.student {
+            parts.push(format!("student {:.4}", s.loss));
+        }
+        if let Some(f) = &self.finetune {
+            parts.push(format!("loss {:.4}", f.loss));
+        }
+        parts.join("  ")
+    }
+
+    /// One `log.jsonl` line (non-finite numbers become null; absent steps are left out), with
+    /// the learning rates by name as `lr_<name>`.
+    pub fn to_json(&self, lr: &[(&str, f64)]) -> serde_json::Value {
         let mut line = json!({
             "iteration": self.iteration,
             "stage": self.stage.name(),
-            "lr_teacher": lr.0,
-            "lr_student": lr.1,
-            "lr_discriminator": lr.2,
             "seconds": self.seconds,
             "phases": self.phases.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         });
         let map = line.as_object_mut().expect("a JSON object");
+        for (name, value) in lr {
+            map.insert(format!("lr_{name}"), json!(value));
+        }
+        if let Some(f) = &self.finetune {
+            map.insert("loss".into(), json!(f.loss));
+            map.insert("prior_loss".into(), json!(f.prior_loss));
+            map.insert("grad_norm".into(), json!(f.grad_norm));
+        }
         if let Some(t) = &self.teacher {
             map.insert("teacher_loss".into(), json!(t.loss));
             map.insert("grad_norm_teacher".into(), json!(t.grad_norm));
@@ -210,7 +251,7 @@ impl StepLog {
 }
 
 /// The L2 norm of all gradients of `vs`, then scales them to at most `max` (0 when none).
-fn clip_gradients(vs: &nn::VarStore, max: f64) -> f64 {
+pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> f64 {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = vs
             .trainable_variables()
@@ -254,7 +295,8 @@ fn init_heads(vs: &nn::VarStore, rng: &mut GaussianRng) {
     });
 }
 
-fn scheduler_config(model: &Path) -> Result<SchedulerConfigFile> {
+/// A model folder's `scheduler/scheduler_config.json`.
+pub(crate) fn scheduler_config(model: &Path) -> Result<SchedulerConfigFile> {
     let path = model.join("scheduler").join("scheduler_config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
@@ -269,14 +311,14 @@ fn sync(device: Device) {
 }
 
 /// Times the parts of one iteration.
-struct Phases {
+pub(crate) struct Phases {
     device: Device,
     last: Instant,
-    done: Vec<(&'static str, f64)>,
+    pub(crate) done: Vec<(&'static str, f64)>,
 }
 
 impl Phases {
-    fn new(device: Device) -> Self {
+    pub(crate) fn new(device: Device) -> Self {
         Self {
             device,
             last: Instant::now(),
@@ -284,7 +326,7 @@ impl Phases {
         }
     }
 
-    fn mark(&mut self, name: &'static str) {
+    pub(crate) fn mark(&mut self, name: &'static str) {
         sync(self.device);
         let now = Instant::now();
         self.done
@@ -302,17 +344,7 @@ impl Distiller {
         let kind = parse_kind(&config.dtype)?;
         let mut rng = GaussianRng::new(config.seed);
 
-        let mut photos = Vec::new();
-        for (i, c) in config.concepts.iter().enumerate() {
-            let loaded = load_photos(&c.images)?;
-            if loaded.len() == 1 {
-                eprintln!(
-                    "warning: {} has one photo; 3-5 photos teach a concept better",
-                    c.images.display()
-                );
-            }
-            photos.extend(loaded.into_iter().map(|p| (i, p)));
-        }
+        let photos = load_concept_photos(&config.concepts)?;
 
         let teacher_dir = model_dir(&config.teacher)?;
         let student_dir = model_dir(&config.student)?;
@@ -327,22 +359,7 @@ impl Distiller {
         };
         let mut tokenizer = ClipTokenizer::from_dir(&teacher_dir.join("tokenizer"))?;
         let base_ids = tokenizer.len() as i64;
-        let mut new_rows = Vec::new();
-        let mut subjects = Vec::new();
-        for c in &config.concepts {
-            let init_word = c.init_word.clone().unwrap_or_else(|| c.class.clone());
-            let init = tokenizer.tokenize(&init_word);
-            if init.len() != 1 {
-                bail!(
-                    "initializer word {init_word:?} of {} is {} tokens; choose a word that is one token (e.g. \"dog\")",
-                    c.token,
-                    init.len()
-                );
-            }
-            tokenizer.add_token(&c.token)?;
-            new_rows.push((c.token.clone(), vec![i64::from(init[0])]));
-            subjects.push(format!("{} {}", c.token, c.class));
-        }
+        let (new_rows, subjects) = add_concept_tokens(&mut tokenizer, &config.concepts)?;
         let mut text = load_text_encoder(&teacher_dir.join("text_encoder"), opts)?;
         ensure!(
             text.model.num_ids() == base_ids,
@@ -504,16 +521,7 @@ impl Distiller {
 
     /// √ᾱ_t and √(1 − ᾱ_t) per sample, shaped to broadcast over latents.
     fn coefficients(&self, ts: &[usize]) -> (Tensor, Tensor) {
-        let a: Vec<f32> = ts.iter().map(|&t| self.alphas_cumprod[t].sqrt()).collect();
-        let b: Vec<f32> = ts
-            .iter()
-            .map(|&t| (1.0 - self.alphas_cumprod[t]).sqrt())
-            .collect();
-        let shape = [ts.len() as i64, 1, 1, 1];
-        (
-            Tensor::from_slice(&a).view(shape).to_device(self.device),
-            Tensor::from_slice(&b).view(shape).to_device(self.device),
-        )
+        diffusion::coefficients(&self.alphas_cumprod, ts, self.device)
     }
 
     /// Draws the next iteration's photos, prompts, noise and timesteps from the run's generator.
@@ -594,6 +602,7 @@ impl Distiller {
             stage,
             teacher,
             student,
+            finetune: None,
             seconds: start.elapsed().as_secs_f64(),
             phases: phases.done,
         })
@@ -609,19 +618,13 @@ impl Distiller {
             .to_device(self.device);
         let context = self.embed(&batch.prompts);
         let teacher = self.teacher.as_mut().context("no teacher")?;
-        let target = match teacher.prediction {
-            PredictionType::Epsilon => eps.shallow_clone(),
-            PredictionType::VPrediction => &a * eps - &s * x0,
-            PredictionType::Sample => x0.shallow_clone(),
-        };
+        let target = diffusion::target(teacher.prediction, x0, eps, &a, &s);
         let pred = teacher.unet.model.forward(
             &x_t.to_kind(self.kind),
             &t_tensor,
             &context.to_kind(self.kind),
         );
-        let mut loss = (pred.to_kind(Kind::Float) - &target)
-            .square()
-            .mean(Kind::Float);
+        let mut loss = diffusion::mse(&pred, &target);
         if poison {
             loss *= f64::NAN;
         }
@@ -873,6 +876,13 @@ impl Distiller {
         )
     }
 
+    /// The learning rates now by name, as logged (`lr_teacher`, `lr_student`,
+    /// `lr_discriminator`).
+    pub fn named_learning_rates(&self) -> Vec<(&'static str, f64)> {
+        let (t, s, d) = self.learning_rates();
+        vec![("teacher", t), ("student", s), ("discriminator", d)]
+    }
+
     /// The factor every learning rate is multiplied by (lowered by divergence recovery).
     pub fn lr_scale(&self) -> f64 {
         self.lr_scale
@@ -914,97 +924,53 @@ impl Distiller {
         self.poison_at = Some(iteration);
     }
 
+    /// What a checkpoint holds: the trained stores and their optimisers (the prefixes of
+    /// [`Self::trained_stores`]).
+    fn checkpoint_contents(&mut self) -> Contents<'_> {
+        let mut stores = vec![
+            ("token_rows", &self.rows.vs),
+            ("student_kv", &self.kv_student.vs),
+            ("heads", &self.losses.ensemble.heads),
+        ];
+        let mut optimizers = vec![
+            ("token_rows", &mut self.opt_rows),
+            ("student_kv", &mut self.opt_student),
+        ];
+        if let Some(h) = self.opt_heads.as_mut() {
+            optimizers.push(("heads", h));
+        }
+        if let Some(TeacherNet { kv, opt, .. }) = self.teacher.as_mut() {
+            stores.push(("teacher_kv", &kv.vs));
+            optimizers.push(("teacher_kv", opt));
+        }
+        if let Some(StudentText { rows, opt, .. }) = self.student_text.as_mut() {
+            stores.push(("student_token_rows", &rows.vs));
+            optimizers.push(("student_token_rows", opt));
+        }
+        Contents { stores, optimizers }
+    }
+
     /// Writes `run/checkpoint/` (trained weights, optimiser moments, generator states and the
-    /// iteration) into a fresh folder beside it, then swaps it in, so a crash at any moment
-    /// leaves a complete checkpoint (the new one or the previous one). `pause` is called at
-    /// named points of the write (a failpoint for crash tests; a no-op otherwise).
+    /// iteration; see [`run_checkpoint`]). `pause` is called at named points of the write (a
+    /// failpoint for crash tests; a no-op otherwise).
     pub fn save_checkpoint(&mut self, run: &Path, pause: &dyn Fn(&str)) -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (prefix, vs) in self.trained_stores() {
-            for (name, t) in vs.variables() {
-                tensors.push((
-                    format!("{prefix}.{name}"),
-                    t.detach().to_device(Device::Cpu),
-                ));
-            }
-        }
-        let mut steps = serde_json::Map::new();
-        for (prefix, opt) in self.optimizers_mut() {
-            let (state, n) = opt.state(&format!("adam.{prefix}"));
-            tensors.extend(
-                state
-                    .into_iter()
-                    .map(|(k, t)| (k, t.to_device(Device::Cpu))),
-            );
-            steps.insert(prefix.to_string(), json!(n));
-        }
         let state = json!({
             "iteration": self.iteration,
             "rng": self.rng.state(),
             "ms_swd_rng": self.losses.ms_swd.rng_mut().state(),
-            "adam_steps": steps,
             "echo_ready": self.echo_ready,
             "lr_scale": self.lr_scale,
             "recoveries": self.recoveries,
         });
-        let dir = run.join("checkpoint");
-        let tmp = run.join(format!(".checkpoint.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        Tensor::write_safetensors(&tensors, tmp.join("state.safetensors"))
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        pause("write");
-        std::fs::write(
-            tmp.join("state.json"),
-            serde_json::to_string_pretty(&state)?,
-        )?;
-        let old = run.join(".checkpoint.old");
-        let _ = std::fs::remove_dir_all(&old);
-        if dir.exists() {
-            std::fs::rename(&dir, &old)?;
-        }
-        pause("swap");
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        run_checkpoint::save(run, self.checkpoint_contents(), state, pause)
     }
 
     /// Restores `run/checkpoint/` (or the previous one, if a crash interrupted the swap).
     pub fn load_checkpoint(&mut self, run: &Path) -> Result<()> {
-        let dir = [run.join("checkpoint"), run.join(".checkpoint.old")]
-            .into_iter()
-            .find(|d| d.join("state.json").is_file())
-            .with_context(|| format!("{} has no checkpoint to resume from", run.display()))?;
-        let state: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
-                .with_context(|| format!("{}/state.json is malformed", dir.display()))?;
-        let tensors: HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.join("state.safetensors"))
-                .with_context(|| format!("cannot read {}/state.safetensors", dir.display()))?
-                .into_iter()
-                .collect();
-        tch::no_grad(|| -> Result<()> {
-            for (prefix, vs) in self.trained_stores() {
-                for (name, var) in vs.variables() {
-                    let saved = tensors.get(&format!("{prefix}.{name}")).with_context(|| {
-                        format!("the checkpoint lacks {prefix}.{name}: was it written with other ablation settings?")
-                    })?;
-                    var.shallow_clone().copy_(saved);
-                }
-            }
-            Ok(())
-        })?;
-        let steps = |k: &str| state["adam_steps"][k].as_i64().unwrap_or(0);
-        for (prefix, opt) in self.optimizers_mut() {
-            opt.load_state(&format!("adam.{prefix}"), &tensors, steps(prefix))?;
-        }
-        let rng = |k: &str| -> Result<[u64; 4]> {
-            serde_json::from_value(state[k].clone()).with_context(|| format!("state.json: bad {k}"))
-        };
-        self.rng = GaussianRng::from_state(rng("rng")?);
-        *self.losses.ms_swd.rng_mut() = GaussianRng::from_state(rng("ms_swd_rng")?);
+        let state = run_checkpoint::load(run, self.checkpoint_contents())?;
+        self.rng = GaussianRng::from_state(run_checkpoint::rng_state(&state, "rng")?);
+        *self.losses.ms_swd.rng_mut() =
+            GaussianRng::from_state(run_checkpoint::rng_state(&state, "ms_swd_rng")?);
         self.iteration = state["iteration"]
             .as_u64()
             .context("state.json: no iteration")? as usize;
@@ -1164,7 +1130,8 @@ impl Distiller {
     }
 }
 
-fn scheduler_with(
+/// A scheduler from `file` (`kind` overrides its class) set to `steps`.
+pub(crate) fn scheduler_with(
     file: &SchedulerConfigFile,
     kind: Option<SchedulerKind>,
     steps: usize,

@@ -1,7 +1,8 @@
 //! What a finished run leaves in its folder: the learned K/V of each UNet and the token rows as
 //! safetensors with provenance metadata (the base model and a SHA-256 of the base weights they
 //! replace, so a bake can refuse the wrong base), the tokenizer with the new tokens, the resolved
-//! config, and a diffusers Custom Diffusion export of the student for Python users.
+//! config, and a diffusers Custom Diffusion export of the student for Python users. A baseline's
+//! run leaves its method's weights instead (see [`save_baseline`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
@@ -11,7 +12,10 @@ use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
+use super::baseline::Baseline;
+use super::config::MethodKind;
 use super::distill::Distiller;
+use super::trainable::{CrossAttentionKv, TokenRows};
 use crate::checkpoint::component::Component;
 use crate::checkpoint::{write_beside, write_text_atomic};
 
@@ -188,54 +192,63 @@ fn tokens_json(tokens: &[String]) -> String {
     serde_json::to_string(tokens).unwrap_or_default()
 }
 
+/// Writes `kv` as safetensors with its provenance (base model, fingerprint of the base K/V it
+/// replaces, tokens).
+fn write_kv(
+    kv: &CrossAttentionKv,
+    base: &str,
+    base_dir: &Path,
+    tokens: &[String],
+    path: &Path,
+) -> Result<()> {
+    let mut meta = BTreeMap::new();
+    meta.insert(META_KIND.into(), "cross-attention-kv".into());
+    meta.insert(META_BASE_MODEL.into(), base.to_string());
+    meta.insert(
+        META_BASE_SHA256.into(),
+        fingerprint(&base_dir.join("unet"), kv.names())?,
+    );
+    meta.insert(META_TOKENS.into(), tokens_json(tokens));
+    write_with_metadata(&kv.tensors(), &meta, path)
+}
+
+/// Writes token rows (one tensor per token) with the encoder they belong to.
+fn write_rows(rows: &TokenRows, encoder: &str, path: &Path) -> Result<()> {
+    let mut meta = BTreeMap::new();
+    meta.insert(META_KIND.into(), "token-rows".into());
+    meta.insert(META_BASE_MODEL.into(), encoder.to_string());
+    meta.insert(META_TOKENS.into(), tokens_json(&rows.tokens));
+    write_with_metadata(&rows.tensors(), &meta, path)
+}
+
 /// Writes the run's results into `out` (see the module documentation).
 pub fn save(d: &Distiller, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let config = d.config();
     let tokens = d.rows.tokens.clone();
-    let kv_file = |kv: &super::trainable::CrossAttentionKv,
-                   base: &str,
-                   base_dir: &Path,
-                   path: &Path|
-     -> Result<()> {
-        let mut meta = BTreeMap::new();
-        meta.insert(META_KIND.into(), "cross-attention-kv".into());
-        meta.insert(META_BASE_MODEL.into(), base.to_string());
-        meta.insert(
-            META_BASE_SHA256.into(),
-            fingerprint(&base_dir.join("unet"), kv.names())?,
-        );
-        meta.insert(META_TOKENS.into(), tokens_json(&tokens));
-        write_with_metadata(&kv.tensors(), &meta, path)
-    };
-    kv_file(
+    write_kv(
         &d.kv_student,
         &config.student,
         &d.student_source,
+        &tokens,
         &out.join("student.safetensors"),
     )?;
     if let Some(t) = &d.teacher {
-        kv_file(
+        write_kv(
             &t.kv,
             &config.teacher,
             &t.source,
+            &tokens,
             &out.join("teacher.safetensors"),
         )?;
     }
-    let rows_file = |rows: &super::trainable::TokenRows, encoder: &str, path: &Path| {
-        let mut meta = BTreeMap::new();
-        meta.insert(META_KIND.into(), "token-rows".into());
-        meta.insert(META_BASE_MODEL.into(), encoder.to_string());
-        meta.insert(META_TOKENS.into(), tokens_json(&rows.tokens));
-        write_with_metadata(&rows.tensors(), &meta, path)
-    };
-    rows_file(
+    write_rows(
         &d.rows,
         &format!("{} (text_encoder)", config.teacher),
         &out.join("tokens.safetensors"),
     )?;
     if let Some(own) = &d.student_text {
-        rows_file(
+        write_rows(
             &own.rows,
             &format!("{} (text_encoder)", config.student),
             &out.join("student_tokens.safetensors"),
@@ -250,66 +263,231 @@ pub fn save(d: &Distiller, out: &Path) -> Result<()> {
 /// for `unet.load_attn_procs` and one `<token>.safetensors` per token for `load_textual_inversion`
 /// (the rows the student reads: its own in the unshared ablation, else the shared encoder's).
 pub fn export_diffusers(d: &Distiller, dir: &Path) -> Result<()> {
+    let rows = match &d.student_text {
+        Some(own) => &own.rows,
+        None => &d.rows,
+    };
+    let encoder = if d.student_text.is_some() {
+        &d.config().student
+    } else {
+        &d.config().teacher
+    };
+    export_custom_diffusion(
+        &d.kv_student,
+        &d.student_self_attention_layers(),
+        rows,
+        &d.config().student,
+        encoder,
+        d.subjects().first().map(String::as_str).unwrap_or_default(),
+        dir,
+    )
+}
+
+/// One `<token>.safetensors` per token (the `{token: row}` layout of diffusers' Textual
+/// Inversion script, which `load_textual_inversion` reads).
+fn write_token_files(rows: &TokenRows, dir: &Path) -> Result<String> {
+    let mut loads = String::new();
+    for (token, row) in rows.tensors() {
+        let path = dir.join(token_file(&token));
+        write_with_metadata(&[(token.clone(), row)], &BTreeMap::new(), &path)?;
+        loads.push_str(&format!(
+            "pipe.load_textual_inversion(\"{}\", token=\"{token}\")\n",
+            path.display()
+        ));
+    }
+    Ok(loads)
+}
+
+/// A model's trained K/V in diffusers' Custom Diffusion format, with the token files and a
+/// README showing how to load them.
+fn export_custom_diffusion(
+    kv: &CrossAttentionKv,
+    self_attention_layers: &[String],
+    rows: &TokenRows,
+    model: &str,
+    encoder: &str,
+    example: &str,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut kv = Vec::new();
-    for (name, t) in d.kv_student.tensors() {
-        kv.push((custom_diffusion_name(&name)?, t));
+    let mut tensors = Vec::new();
+    for (name, t) in kv.tensors() {
+        tensors.push((custom_diffusion_name(&name)?, t));
     }
     // diffusers installs one processor per attention layer and counts them: the untrained
     // self-attention layers appear as empty tensors (its "plain processor" marker).
-    for layer in d.student_self_attention_layers() {
-        kv.push((
+    for layer in self_attention_layers {
+        tensors.push((
             format!("{layer}.processor"),
             Tensor::zeros([0], (Kind::Float, Device::Cpu)),
         ));
     }
     let mut meta = BTreeMap::new();
-    meta.insert(META_BASE_MODEL.into(), d.config().student.clone());
-    write_with_metadata(&kv, &meta, &dir.join(DIFFUSERS_WEIGHTS))?;
-    let rows = match &d.student_text {
-        Some(own) => &own.rows,
-        None => &d.rows,
-    };
-    for (token, row) in rows.tensors() {
-        write_with_metadata(
-            &[(token.clone(), row)],
-            &BTreeMap::new(),
-            &dir.join(token_file(&token)),
-        )?;
-    }
+    meta.insert(META_BASE_MODEL.into(), model.to_string());
+    write_with_metadata(&tensors, &meta, &dir.join(DIFFUSERS_WEIGHTS))?;
+    let loads = write_token_files(rows, dir)?;
     let readme = format!(
-        "Custom Diffusion weights of the student ({student}) trained by `trainer fit`.\n\n\
+        "Custom Diffusion weights of {model} trained by `trainer fit`.\n\n\
          ```python\n\
          import torch\n\
          from diffusers import AutoPipelineForText2Image\n\n\
-         pipe = AutoPipelineForText2Image.from_pretrained(\"{student}\")\n\
+         pipe = AutoPipelineForText2Image.from_pretrained(\"{model}\")\n\
          # `_pipeline=pipe` works around diffusers issue 9320 (without it nothing is installed).\n\
          pipe.unet.load_attn_procs(\"{dir}\", weight_name=\"{DIFFUSERS_WEIGHTS}\", _pipeline=pipe)\n\
          {loads}\
-         image = pipe(\"a photo of {example}\", num_inference_steps=1, guidance_scale=0.0).images[0]\n\
+         image = pipe(\"a photo of {example}\").images[0]\n\
          ```\n\n\
-         The run trained the token rows in {encoder}'s text encoder; SD-Turbo's own encoder is the same\n\
-         OpenCLIP ViT-H/14, so the rows load into it. Without the private `_pipeline` argument, the\n\
-         plain-named K/V in the run's student.safetensors load with\n\
-         `pipe.unet.load_state_dict(safetensors.torch.load_file(\"student.safetensors\"), strict=False)`.\n",
-        student = d.config().student,
+         The run trained the token rows in {encoder}'s text encoder; SD-Turbo's and SD 2.1's encoders\n\
+         are the same OpenCLIP ViT-H/14, so the rows load into either. Without the private `_pipeline`\n\
+         argument, the plain-named K/V in the run's safetensors load with\n\
+         `pipe.unet.load_state_dict(safetensors.torch.load_file(...), strict=False)`.\n",
         dir = dir.display(),
-        loads = rows
-            .tokens
-            .iter()
-            .map(|t| format!(
-                "pipe.load_textual_inversion(\"{}\", token=\"{t}\")\n",
-                dir.join(token_file(t)).display()
-            ))
-            .collect::<String>(),
-        example = d.subjects().first().cloned().unwrap_or_default(),
-        encoder = if d.student_text.is_some() {
-            &d.config().student
-        } else {
-            &d.config().teacher
-        },
     );
     write_text_atomic(&dir.join("README.md"), &readme)
+}
+
+/// The file name of a LoRA run's adapters (PEFT names, no prefix).
+pub const LORA_FILE: &str = "lora.safetensors";
+/// The file name diffusers' `load_lora_weights` looks for in a folder.
+pub const DIFFUSERS_LORA: &str = "pytorch_lora_weights.safetensors";
+/// Metadata key: LoRA's rank.
+pub const META_LORA_RANK: &str = "echodistill.lora_rank";
+/// Metadata key: LoRA's alpha (the update is scaled by alpha / rank).
+pub const META_LORA_ALPHA: &str = "echodistill.lora_alpha";
+
+/// Writes a baseline's results into `out`: always `tokens.safetensors` (the rows of the model's
+/// own text encoder), `tokenizer/` and `config.yaml`; then by method Custom Diffusion's K/V
+/// (`student.safetensors` or `teacher.safetensors`, by the model), DreamBooth's whole `unet/`
+/// (a diffusers component folder), LoRA's `lora.safetensors`; and `diffusers/` with the same in
+/// the layouts diffusers loads, and a README.
+pub fn save_baseline(b: &Baseline, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let config = b.config();
+    let model = config.baseline_model();
+    let encoder = format!("{model} (text_encoder)");
+    let tokens = b.rows.tokens.clone();
+    write_rows(&b.rows, &encoder, &out.join("tokens.safetensors"))?;
+    b.tokenizer.save_dir(&out.join("tokenizer"))?;
+    write_text_atomic(&out.join("config.yaml"), &config.to_yaml()?)?;
+    let diffusers = out.join("diffusers");
+    std::fs::create_dir_all(&diffusers)
+        .with_context(|| format!("cannot create {}", diffusers.display()))?;
+    let example = b.subjects().first().cloned().unwrap_or_default();
+    let role = if b.one_step() { "student" } else { "teacher" };
+    let call = if b.one_step() {
+        format!("pipe(\"a photo of {example}\", num_inference_steps=1, guidance_scale=0.0)")
+    } else {
+        format!("pipe(\"a photo of {example}\")")
+    };
+    match b.method() {
+        MethodKind::CustomDiffusion => {
+            let kv = b.kv.as_ref().context("no K/V")?;
+            write_kv(
+                kv,
+                model,
+                &b.source,
+                &tokens,
+                &out.join(format!("{role}.safetensors")),
+            )?;
+            export_custom_diffusion(
+                kv,
+                &b.self_attention_layers(),
+                &b.rows,
+                model,
+                model,
+                &example,
+                &diffusers,
+            )
+        }
+        MethodKind::TextualInversion => {
+            let loads = write_token_files(&b.rows, &diffusers)?;
+            let readme = format!(
+                "Textual Inversion embeddings for {model} trained by `trainer fit`.\n\n\
+                 ```python\n\
+                 from diffusers import AutoPipelineForText2Image\n\n\
+                 pipe = AutoPipelineForText2Image.from_pretrained(\"{model}\")\n\
+                 {loads}\
+                 image = {call}.images[0]\n\
+                 ```\n"
+            );
+            write_text_atomic(&diffusers.join("README.md"), &readme)
+        }
+        MethodKind::Dreambooth => {
+            let unet_dir = out.join("unet");
+            std::fs::create_dir_all(&unet_dir)
+                .with_context(|| format!("cannot create {}", unet_dir.display()))?;
+            let config_src = b.source.join("unet").join("config.json");
+            let config_text = std::fs::read_to_string(&config_src)
+                .with_context(|| format!("cannot read {}", config_src.display()))?;
+            write_text_atomic(&unet_dir.join("config.json"), &config_text)?;
+            let mut meta = BTreeMap::new();
+            meta.insert(META_KIND.into(), "unet".into());
+            meta.insert(META_BASE_MODEL.into(), model.to_string());
+            meta.insert(META_TOKENS.into(), tokens_json(&tokens));
+            write_with_metadata(
+                &b.unet_tensors(),
+                &meta,
+                &unet_dir.join("diffusion_pytorch_model.safetensors"),
+            )?;
+            let loads = write_token_files(&b.rows, &diffusers)?;
+            let readme = format!(
+                "DreamBooth fine-tune of {model} trained by `trainer fit`: the whole UNet is in\n\
+                 {unet}, a diffusers component folder.\n\n\
+                 ```python\n\
+                 from diffusers import AutoPipelineForText2Image, UNet2DConditionModel\n\n\
+                 unet = UNet2DConditionModel.from_pretrained(\"{unet}\")\n\
+                 pipe = AutoPipelineForText2Image.from_pretrained(\"{model}\", unet=unet)\n\
+                 {loads}\
+                 image = {call}.images[0]\n\
+                 ```\n",
+                unet = unet_dir.display()
+            );
+            write_text_atomic(&diffusers.join("README.md"), &readme)
+        }
+        MethodKind::Lora => {
+            let lora = b.lora.as_ref().context("no LoRA adapters")?;
+            let cfg = &config.baseline;
+            let alpha = cfg.lora_alpha.unwrap_or(cfg.lora_rank as f64);
+            let mut meta = BTreeMap::new();
+            meta.insert(META_KIND.into(), "lora".into());
+            meta.insert(META_BASE_MODEL.into(), model.to_string());
+            meta.insert(META_TOKENS.into(), tokens_json(&tokens));
+            meta.insert(META_LORA_RANK.into(), cfg.lora_rank.to_string());
+            meta.insert(META_LORA_ALPHA.into(), alpha.to_string());
+            let tensors = lora.tensors();
+            write_with_metadata(&tensors, &meta, &out.join(LORA_FILE))?;
+            // diffusers reads alpha = rank when the file names none: fold alpha / rank into B.
+            let scaled: Vec<(String, Tensor)> = tensors
+                .into_iter()
+                .map(|(k, t)| {
+                    let t = if k.ends_with(".lora_B.weight") {
+                        t.detach() * lora.scale
+                    } else {
+                        t
+                    };
+                    (format!("unet.{k}"), t)
+                })
+                .collect();
+            write_with_metadata(&scaled, &BTreeMap::new(), &diffusers.join(DIFFUSERS_LORA))?;
+            let loads = write_token_files(&b.rows, &diffusers)?;
+            let readme = format!(
+                "LoRA adapters (rank {rank}) for {model}'s UNet trained by `trainer fit`.\n\n\
+                 ```python\n\
+                 from diffusers import AutoPipelineForText2Image\n\n\
+                 pipe = AutoPipelineForText2Image.from_pretrained(\"{model}\")\n\
+                 pipe.load_lora_weights(\"{dir}\", weight_name=\"{DIFFUSERS_LORA}\")\n\
+                 {loads}\
+                 image = {call}.images[0]\n\
+                 ```\n\n\
+                 In this file alpha / rank is folded into `lora_B`; the run's {LORA_FILE} keeps the\n\
+                 raw adapters with rank and alpha in its metadata.\n",
+                rank = cfg.lora_rank,
+                dir = diffusers.display()
+            );
+            write_text_atomic(&diffusers.join("README.md"), &readme)
+        }
+        MethodKind::Echodistill => bail!("EchoDistill runs are saved by `save`"),
+    }
 }
 
 #[cfg(test)]

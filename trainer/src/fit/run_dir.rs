@@ -1,5 +1,6 @@
-//! Using a finished run: the learned cross-attention K/V and token rows applied to the base
-//! models, so `trainer sample --run RUN_DIR` draws the concept.
+//! Using a finished run: what it learned (EchoDistill's or Custom Diffusion's K/V, DreamBooth's
+//! UNet, LoRA's adapters merged into the weights, and the token rows) applied to the base model,
+//! so `trainer sample --run RUN_DIR` and `trainer eval` draw the concept.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,8 +9,10 @@ use anyhow::{bail, Context, Result};
 use runtime::ClipTokenizer;
 use tch::Tensor;
 
-use super::config::FitConfig;
-use crate::checkpoint::{load_text_encoder, model_dir, LoadOptions};
+use super::config::{BaselineModel, FitConfig, MethodKind};
+use super::outputs::{read_metadata, LORA_FILE, META_LORA_ALPHA, META_LORA_RANK};
+use super::trainable::merge_lora;
+use crate::checkpoint::{load_text_encoder, load_unet, model_dir, LoadOptions};
 use crate::sampling::Pipeline;
 
 /// Which trained network to sample.
@@ -39,14 +42,74 @@ pub fn run_config(run: &Path) -> Result<FitConfig> {
         .with_context(|| format!("{} is not a `trainer fit` run folder", run.display()))
 }
 
-/// Loads the run's base model (student or teacher, from its config.yaml) with the run's
-/// tokenizer, the teacher's text encoder with the learned token rows (the encoder both were
-/// trained with) and the learned K/V weights.
+/// The network of a run to sample: EchoDistill's student, or its teacher when `teacher` is
+/// asked for; a baseline's one fine-tuned model (asking for the teacher of a baseline that
+/// fine-tuned the student is refused).
+pub fn trained_network(run: &Path, config: &FitConfig, teacher: bool) -> Result<Trained> {
+    if !config.method.is_baseline() {
+        if teacher && !config.ablation.teacher {
+            bail!(
+                "{} trained no teacher (ablation.teacher=false): sample its student",
+                run.display()
+            );
+        }
+        return Ok(if teacher {
+            Trained::Teacher
+        } else {
+            Trained::Student
+        });
+    }
+    match config.baseline.model {
+        BaselineModel::Teacher => Ok(Trained::Teacher),
+        BaselineModel::Student if teacher => bail!(
+            "{} is a {} run of the student; it has no teacher to sample",
+            run.display(),
+            config.method.id()
+        ),
+        BaselineModel::Student => Ok(Trained::Student),
+    }
+}
+
+/// The run's label in tables: "EchoDistill", "EchoDistill teacher", or the baseline's name
+/// (with "(teacher model)" when it fine-tuned the teacher).
+pub fn method_label(config: &FitConfig, which: Trained) -> String {
+    let name = config.method.display_name();
+    match (config.method.is_baseline(), which) {
+        (false, Trained::Teacher) => format!("{name} teacher"),
+        (true, Trained::Teacher) => format!("{name} (teacher model)"),
+        _ => name.to_string(),
+    }
+}
+
+/// Whether `run` holds a finished `trainer fit` run (its config and its method's results).
+pub fn is_finished(run: &Path) -> bool {
+    let Ok(config) = run_config(run) else {
+        return false;
+    };
+    let role = match config.baseline.model {
+        BaselineModel::Student => "student.safetensors",
+        BaselineModel::Teacher => "teacher.safetensors",
+    };
+    let result = match config.method {
+        MethodKind::Echodistill => "student.safetensors",
+        MethodKind::CustomDiffusion => role,
+        MethodKind::TextualInversion => "tokens.safetensors",
+        MethodKind::Dreambooth => "unet/diffusion_pytorch_model.safetensors",
+        MethodKind::Lora => LORA_FILE,
+    };
+    run.join(result).is_file() && run.join("tokens.safetensors").is_file()
+}
+
+/// Loads the run's base model (from its config.yaml) with the run's tokenizer, the text encoder
+/// it trained the token rows in (EchoDistill: the teacher's, shared; a baseline: the model's
+/// own) with those rows, and the method's learned weights. `which` comes from
+/// [`trained_network`].
 pub fn load_trained(run: &Path, which: Trained, opts: LoadOptions) -> Result<Pipeline> {
     let config = run_config(run)?;
-    if which == Trained::Teacher && !config.ablation.teacher {
+    trained_network(run, &config, which == Trained::Teacher)?;
+    if !is_finished(run) {
         bail!(
-            "{} trained no teacher (ablation.teacher=false): sample its student",
+            "{} has no results yet: finish the run (trainer fit --resume --out {0}) first",
             run.display()
         );
     }
@@ -58,8 +121,11 @@ pub fn load_trained(run: &Path, which: Trained, opts: LoadOptions) -> Result<Pip
     p.tokenizer = ClipTokenizer::from_dir(&run.join("tokenizer"))?;
     // The encoder the network was trained with: the shared one (the teacher's), or the student's
     // own in the unshared-encoder ablation, with the rows learned for it.
-    let own_encoder = which == Trained::Student && !config.ablation.shared_text_encoder;
-    let tokens_file = if own_encoder {
+    let own_encoder = config.method.is_baseline()
+        || (which == Trained::Student && !config.ablation.shared_text_encoder);
+    let tokens_file = if config.method.is_baseline() {
+        run.join("tokens.safetensors")
+    } else if own_encoder {
         run.join("student_tokens.safetensors")
     } else {
         p.text_encoder =
@@ -89,6 +155,31 @@ pub fn load_trained(run: &Path, which: Trained, opts: LoadOptions) -> Result<Pip
     let stacked = Tensor::stack(&rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>(), 0)
         .to_device(opts.device);
     p.text_encoder.model.set_added_rows(Some(stacked));
+
+    match config.method {
+        MethodKind::Echodistill | MethodKind::CustomDiffusion => {}
+        MethodKind::TextualInversion => return Ok(p),
+        MethodKind::Dreambooth => {
+            p.unet = load_unet(&run.join("unet"), opts)?;
+            return Ok(p);
+        }
+        MethodKind::Lora => {
+            let file = run.join(LORA_FILE);
+            let meta = read_metadata(&file)?;
+            let number = |key: &str| -> Result<f64> {
+                meta.get(key)
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("{}: no {key} in its metadata", file.display()))
+            };
+            let scale = number(META_LORA_ALPHA)? / number(META_LORA_RANK)?;
+            let merged = merge_lora(&p.unet.vs.variables(), &read(&file)?, scale)
+                .with_context(|| format!("{} does not fit {}", file.display(), base.display()))?;
+            if merged == 0 {
+                bail!("{} holds no LoRA adapters", file.display());
+            }
+            return Ok(p);
+        }
+    }
 
     // K/V weights copied over the base ones, by diffusers name.
     let file = match which {

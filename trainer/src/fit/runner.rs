@@ -2,7 +2,8 @@
 //! `save_every` iterations, at stage boundaries, at the end and on Ctrl-C), resume, divergence
 //! recovery (NaN/inf or a loss spike restores the last checkpoint and lowers the learning
 //! rates, a bounded number of times, each event in `events.jsonl`), sample grids and the
-//! self-contained `report.html`.
+//! self-contained `report.html`. The same loop runs EchoDistill and every baseline (see
+//! [`super::method`]).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -13,10 +14,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::config::{FitConfig, Stage};
+use super::baseline::Baseline;
+use super::config::FitConfig;
 use super::distill::{Distiller, StepLog};
 use super::failpoint::{maybe_pause, Failpoint};
-use super::{grids, outputs, report};
+use super::method::Method;
+use super::{grids, report};
 use crate::checkpoint::write_text_atomic;
 
 /// How to run.
@@ -84,12 +87,21 @@ fn divergence(log: &StepLog, recent: &VecDeque<f64>, config: &FitConfig) -> Opti
 /// Runs `config` into `out` (see the module documentation). With `options.resume`, continues
 /// from `out/checkpoint` to the same final weights an uninterrupted run reaches.
 pub fn run(config: FitConfig, out: &Path, options: &RunOptions) -> Result<RunOutcome> {
-    let mut d = Distiller::new(config)?;
+    let mut method: Box<dyn Method> = if config.method.is_baseline() {
+        Box::new(Baseline::new(config)?)
+    } else {
+        Box::new(Distiller::new(config)?)
+    };
+    run_method(method.as_mut(), out, options)
+}
+
+/// Runs an already built method into `out` (see [`run`]).
+pub fn run_method(d: &mut dyn Method, out: &Path, options: &RunOptions) -> Result<RunOutcome> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let log_path = out.join("log.jsonl");
     let events_path = out.join("events.jsonl");
     let failpoints = options.failpoints.clone();
-    let save = |d: &mut Distiller| -> Result<()> {
+    let save = |d: &mut dyn Method| -> Result<()> {
         let at = d.iteration();
         d.save_checkpoint(out, &|point| maybe_pause(&failpoints, point, at))
     };
@@ -101,7 +113,7 @@ pub fn run(config: FitConfig, out: &Path, options: &RunOptions) -> Result<RunOut
         write_text_atomic(&log_path, "")?;
         write_text_atomic(&events_path, "")?;
         // A checkpoint before the first step: divergence recovery always has one to go back to.
-        save(&mut d)?;
+        save(d)?;
     }
     for f in &options.failpoints {
         if let Failpoint::Nan(k) = f {
@@ -122,9 +134,9 @@ pub fn run(config: FitConfig, out: &Path, options: &RunOptions) -> Result<RunOut
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(d.iteration() as u64);
-    if d.iteration() == 0 && !grids::student_path(out, 0).exists() {
-        bar.set_message("sampling the untrained student");
-        grids::write_student_grid(&d, out, 0)?;
+    if d.iteration() == 0 && !d.grid_path(out, 0).exists() {
+        bar.set_message("sampling the untrained model");
+        d.write_grid(out, 0)?;
     }
     let mut recent: VecDeque<f64> = VecDeque::new();
     let mut last_stage = c.stage_after(d.iteration());
@@ -134,9 +146,9 @@ pub fn run(config: FitConfig, out: &Path, options: &RunOptions) -> Result<RunOut
             .as_ref()
             .is_some_and(|s| s.load(Ordering::SeqCst))
         {
-            save(&mut d)?;
+            save(d)?;
             bar.abandon_with_message("interrupted");
-            write_report(&d, out)?;
+            write_report(d, out)?;
             return Ok(RunOutcome::Interrupted(d.iteration()));
         }
         let stage = c.stage_after(d.iteration());
@@ -144,19 +156,19 @@ pub fn run(config: FitConfig, out: &Path, options: &RunOptions) -> Result<RunOut
             recent.clear();
             last_stage = stage;
         }
-        if stage == Stage::Echo && !d.in_echo_stage() {
-            // The stage boundary: checkpoint, sample the student, checkpoint again, so a crash
-            // in between regenerates the same samples from the first checkpoint.
-            save(&mut d)?;
-            bar.set_message("echo: sampling the student");
-            d.generate_echo(out)?;
-            save(&mut d)?;
+        if let Some(message) = d.pending() {
+            // E.g. the echo stage's boundary: checkpoint, sample the student, checkpoint again,
+            // so a crash in between regenerates the same samples from the first checkpoint.
+            save(d)?;
+            bar.set_message(message);
+            d.prepare(out)?;
+            save(d)?;
         }
         let s = d.step()?;
         if let Some(reason) = divergence(&s, &recent, &c) {
             let (scale, done) = (d.lr_scale(), d.recoveries());
             if done >= c.recovery.max_events {
-                write_report(&d, out).ok();
+                write_report(d, out).ok();
                 bail!(
                     "training diverged at iteration {} ({reason}) after {done} recoveries; the last good checkpoint is in {}. Lower the learning rates in {} and continue with --resume",
                     s.iteration,
@@ -188,41 +200,36 @@ pub fn run(config: FitConfig, out: &Path, options: &RunOptions) -> Result<RunOut
             ));
             bar.set_position(d.iteration() as u64);
             recent.clear();
-            save(&mut d)?;
+            save(d)?;
             continue;
         }
-        append_line(&log_path, &s.to_json(d.learning_rates()))?;
+        append_line(&log_path, &s.to_json(&d.learning_rates()))?;
         recent.push_back(s.total_loss());
         if recent.len() > c.recovery.spike_window {
             recent.pop_front();
         }
-        bar.set_message(match (&s.teacher, &s.student) {
-            (Some(t), Some(st)) => format!("teacher {:.4}  student {:.4}", t.loss, st.loss),
-            (Some(t), None) => format!("teacher {:.4}", t.loss),
-            (None, Some(st)) => format!("student {:.4}", st.loss),
-            (None, None) => String::new(),
-        });
+        bar.set_message(s.summary());
         bar.inc(1);
         let i = d.iteration();
-        if c.samples.every > 0 && i % c.samples.every == 0 && i < total {
-            grids::write_student_grid(&d, out, i)?;
-            write_report(&d, out)?;
+        if c.samples.every > 0 && i.is_multiple_of(c.samples.every) && i < total {
+            d.write_grid(out, i)?;
+            write_report(d, out)?;
         }
-        if c.save_every > 0 && i % c.save_every == 0 && i < total {
-            save(&mut d)?;
+        if c.save_every > 0 && i.is_multiple_of(c.save_every) && i < total {
+            save(d)?;
         }
     }
     bar.finish();
-    save(&mut d)?;
-    outputs::save(&d, out)?;
-    grids::write_student_grid(&d, out, total)?;
-    grids::write_teacher_grid(&d, out)?;
-    write_report(&d, out)?;
+    save(d)?;
+    d.save_outputs(out)?;
+    d.write_grid(out, total)?;
+    d.write_final_grids(out)?;
+    write_report(d, out)?;
     Ok(RunOutcome::Finished)
 }
 
 /// Writes `RUN/report.html`: loss curves, the grids so far, recovery events and the config.
-pub fn write_report(d: &Distiller, run: &Path) -> Result<PathBuf> {
+pub fn write_report(d: &dyn Method, run: &Path) -> Result<PathBuf> {
     let config = d.config();
     let log_path = run.join("log.jsonl");
     let records = if log_path.exists() {
@@ -265,6 +272,9 @@ pub fn write_report(d: &Distiller, run: &Path) -> Result<PathBuf> {
         "c_t",
         "grad_norm_teacher",
         "grad_norm_student",
+        "loss",
+        "prior_loss",
+        "grad_norm",
     ];
     let curves = report::loss_curves_svg_with_markers(&records, &series, &markers);
     let rows = grids::rows(config, d.subjects());
@@ -279,28 +289,41 @@ pub fn write_report(d: &Distiller, run: &Path) -> Result<PathBuf> {
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("student-") && n.ends_with(".png"))
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        (n.starts_with("student-") || n.starts_with("teacher-"))
+                            && n.ends_with(".png")
+                            && n != "teacher-final.png"
+                    })
                 })
                 .collect()
         })
         .unwrap_or_default();
     grid_files.sort();
     for path in grid_files {
-        let iteration = path
+        let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
-            .and_then(|s| s.strip_prefix("student-"))
-            .and_then(|s| s.parse::<usize>().ok())
-            .unwrap_or(0);
-        images.push(report::ReportImage {
-            title: format!("Student after {iteration} iterations"),
-            caption: format!(
+            .unwrap_or_default()
+            .to_string();
+        let (network, iteration) = stem.split_once('-').unwrap_or(("student", "0"));
+        let iteration = iteration.parse::<usize>().unwrap_or(0);
+        let caption = if network == "teacher" {
+            format!(
+                "{} steps, guidance {}. Rows: {row_text}.",
+                config.samples.teacher_steps, config.samples.teacher_guidance
+            )
+        } else {
+            format!(
                 "Columns: {} steps ({}). Rows: {row_text}.",
                 steps.join(" / "),
                 config.samples.scheduler
-            ),
+            )
+        };
+        let mut title = network.to_string();
+        title[..1].make_ascii_uppercase();
+        images.push(report::ReportImage {
+            title: format!("{title} after {iteration} iterations"),
+            caption,
             path,
         });
     }
@@ -322,17 +345,13 @@ pub fn write_report(d: &Distiller, run: &Path) -> Result<PathBuf> {
             .unwrap_or_else(|| "-".into())
     };
     let seconds: f64 = records.iter().filter_map(|r| r["seconds"].as_f64()).sum();
-    let summary = vec![
+    let (title, models) = d.report_heading();
+    let mut summary = vec![
+        ("method".into(), config.method.display_name().to_string()),
         ("concepts".into(), d.subjects().join(", ")),
-        ("student".into(), config.student.clone()),
-        (
-            "teacher".into(),
-            if config.ablation.teacher {
-                config.teacher.clone()
-            } else {
-                "none (ablation)".into()
-            },
-        ),
+    ];
+    summary.extend(models);
+    summary.extend([
         (
             "iterations".into(),
             format!("{} of {}", records.len(), config.total_iterations()),
@@ -346,8 +365,19 @@ pub fn write_report(d: &Distiller, run: &Path) -> Result<PathBuf> {
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
-        ("last teacher loss".into(), number("teacher_loss")),
-        ("last student loss".into(), number("student_loss")),
+        (
+            "last loss".into(),
+            [
+                ("teacher", "teacher_loss"),
+                ("student", "student_loss"),
+                ("fine-tuning", "loss"),
+            ]
+            .iter()
+            .filter(|(_, k)| last.is_some_and(|r| r[*k].is_number()))
+            .map(|(name, k)| format!("{name} {}", number(k)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ),
         (
             "training time".into(),
             format!(
@@ -356,9 +386,9 @@ pub fn write_report(d: &Distiller, run: &Path) -> Result<PathBuf> {
             ),
         ),
         ("recoveries".into(), events.len().to_string()),
-    ];
+    ]);
     let page = report::Report {
-        title: format!("EchoDistill run: {}", d.subjects().join(", ")),
+        title,
         summary,
         curves_svg: curves,
         images,

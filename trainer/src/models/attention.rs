@@ -4,6 +4,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use super::lora::LoraSlots;
 use super::{layer_norm, linear};
 
 /// Multi-head attention: `to_q`, `to_k`, `to_v` (bias optional), `to_out.0`.
@@ -15,6 +16,8 @@ pub struct Attention {
     /// Value projection; cross-attention's `attn2.to_v` is what EchoDistill trains.
     pub to_v: nn::Linear,
     to_out: nn::Linear,
+    /// Low-rank adapters beside the projections (LoRA); none unless attached.
+    pub lora: LoraSlots,
     heads: i64,
     upcast: bool,
 }
@@ -37,6 +40,17 @@ pub struct AttentionConfig {
 }
 
 impl Attention {
+    /// The projection named `name` (`to_q`, `to_k`, `to_v` or `to_out.0`).
+    pub fn projection(&self, name: &str) -> Option<&nn::Linear> {
+        match name {
+            "to_q" => Some(&self.to_q),
+            "to_k" => Some(&self.to_k),
+            "to_v" => Some(&self.to_v),
+            "to_out.0" => Some(&self.to_out),
+            _ => None,
+        }
+    }
+
     /// Builds the projections under `p`.
     pub fn new(p: nn::Path, c: AttentionConfig) -> Self {
         let inner = c.heads * c.dim_head;
@@ -46,6 +60,7 @@ impl Attention {
             to_k: linear(&p / "to_k", context, inner, c.qkv_bias),
             to_v: linear(&p / "to_v", context, inner, c.qkv_bias),
             to_out: linear(&p / "to_out" / 0, inner, c.query_dim, true),
+            lora: LoraSlots::default(),
             heads: c.heads,
             upcast: c.upcast,
         }
@@ -59,10 +74,19 @@ impl Attention {
             let m = t.size()[1];
             t.view([b, m, self.heads, -1]).transpose(1, 2)
         };
+        let l = &self.lora;
         let (q, k, v) = (
-            split(self.to_q.forward(x)),
-            split(project(&self.to_k, context)),
-            split(project(&self.to_v, context)),
+            split(LoraSlots::add(&l.to_q, self.to_q.forward(x), x)),
+            split(LoraSlots::add(
+                &l.to_k,
+                project(&self.to_k, context),
+                context,
+            )),
+            split(LoraSlots::add(
+                &l.to_v,
+                project(&self.to_v, context),
+                context,
+            )),
         );
         let kind = q.kind();
         let out = if self.upcast && kind != Kind::Float {
@@ -82,8 +106,8 @@ impl Attention {
                 &q, &k, &v, None, 0.0, false, None, false,
             )
         };
-        self.to_out
-            .forward(&out.transpose(1, 2).reshape([b, n, -1]))
+        let out = out.transpose(1, 2).reshape([b, n, -1]);
+        LoraSlots::add(&l.to_out, self.to_out.forward(&out), &out)
     }
 }
 
@@ -127,7 +151,8 @@ impl Module for FeedForward {
 #[derive(Debug)]
 pub struct BasicTransformerBlock {
     norm1: nn::LayerNorm,
-    attn1: Attention,
+    /// Self-attention.
+    pub attn1: Attention,
     norm2: nn::LayerNorm,
     /// Cross-attention to the text embeddings.
     pub attn2: Attention,

@@ -3,7 +3,8 @@
 //!
 //! - [`clip_text`]: transformers' `CLIPTextModel` (the shared text encoder);
 //! - [`unet_2d_condition`]: diffusers' `UNet2DConditionModel` (teacher and student), built from
-//!   [`unet_2d_blocks`], [`transformer_2d`], [`attention`], [`resnet`] and [`embeddings`];
+//!   [`unet_2d_blocks`], [`transformer_2d`], [`attention`] (with [`lora`] adapters), [`resnet`]
+//!   and [`embeddings`];
 //! - [`vae`]: diffusers' `AutoencoderKL`;
 //! - image towers for the losses and evaluation: [`vit`] (DINOv1), [`dinov2`], [`clip_vision`]
 //!   (IP-Adapter's image encoder, evaluation CLIPs) and [`ip_adapter`]'s image projection.
@@ -15,6 +16,7 @@ pub mod clip_vision;
 pub mod dinov2;
 pub mod embeddings;
 pub mod ip_adapter;
+pub mod lora;
 pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d_blocks;

@@ -398,6 +398,15 @@ impl UNet2DConditionModel {
     /// `["down_blocks", "0", "attentions", "0", "transformer_blocks", "0", "attn2"]`: the layers
     /// whose `to_k` / `to_v` EchoDistill trains.
     pub fn cross_attentions_mut(&mut self) -> Vec<(Vec<String>, &mut Attention)> {
+        self.attentions_mut()
+            .into_iter()
+            .filter(|(path, _)| path.last().is_some_and(|l| l == "attn2"))
+            .collect()
+    }
+
+    /// Every attention layer of the transformer blocks, self (`attn1`) and cross (`attn2`),
+    /// with its diffusers path: the layers LoRA adapts.
+    pub fn attentions_mut(&mut self) -> Vec<(Vec<String>, &mut Attention)> {
         fn collect<'a>(
             out: &mut Vec<(Vec<String>, &'a mut Attention)>,
             prefix: &[&str],
@@ -411,9 +420,15 @@ impl UNet2DConditionModel {
                         j.to_string(),
                         "transformer_blocks".into(),
                         k.to_string(),
-                        "attn2".into(),
                     ]);
-                    out.push((path, &mut block.attn2));
+                    let with = |name: &str| {
+                        let mut p = path.clone();
+                        p.push(name.into());
+                        p
+                    };
+                    let (p1, p2) = (with("attn1"), with("attn2"));
+                    out.push((p1, &mut block.attn1));
+                    out.push((p2, &mut block.attn2));
                 }
             }
         }
