@@ -283,6 +283,48 @@ fn baseline_runs_resume_bit_identical_with_prior_preservation() {
 }
 
 #[test]
+fn prior_preservation_uses_class_images_on_disk_and_generates_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, teacher) = tiny_models(dir.path());
+    let classes = dir.path().join("classes");
+    let dogs = classes.join("dog");
+    fs::create_dir_all(&dogs).unwrap();
+    let mut photos: Vec<_> = fs::read_dir(dreambench("dog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    for (i, p) in photos.iter().take(3).enumerate() {
+        fs::copy(p, dogs.join(format!("user-{i}.jpg"))).unwrap();
+    }
+    let with = |n: &str| {
+        let class_dir = format!("baseline.class_data_dir={}", classes.display());
+        let n = format!("baseline.class_images={n}");
+        Baseline::new(config(
+            &student,
+            &teacher,
+            MethodKind::Dreambooth,
+            &[&class_dir, &n],
+        ))
+        .unwrap()
+    };
+    // Enough on disk: nothing is generated, the first two by name are used.
+    let mut b = with("2");
+    b.prepare_class_images(dir.path()).unwrap();
+    assert_eq!(fs::read_dir(&dogs).unwrap().count(), 3);
+    let batch = b.draw_batch();
+    assert_eq!(batch.class_images, 2);
+    assert_eq!(batch.prompts[2], "a photo of a dog");
+    let log = b.step_on(&batch).unwrap().finetune.unwrap();
+    assert!(log.prior_loss > 0.0 && log.loss > log.prior_loss, "{log:?}");
+    // Too few: the missing one is generated beside them (seed 3 for image 3).
+    let mut b = with("4");
+    b.prepare_class_images(dir.path()).unwrap();
+    assert!(dogs.join("0003.png").is_file());
+    assert_eq!(fs::read_dir(&dogs).unwrap().count(), 4);
+}
+
+#[test]
 fn config_defaults_follow_each_method() {
     let dir = Path::new("unused");
     let load = |method: &str, extra: &[&str]| {

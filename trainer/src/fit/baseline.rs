@@ -520,7 +520,9 @@ impl Baseline {
                     &dir.join(format!("{i:04}.png")),
                 )?;
             }
-            let photos = load_photos(&dir)?;
+            // The first `class_images` in name order, as diffusers' DreamBooth dataset takes.
+            let mut photos = load_photos(&dir)?;
+            photos.truncate(b.class_images);
             if photos.len() < b.class_images {
                 bail!(
                     "{} holds {} readable images, fewer than baseline.class_images={}",
