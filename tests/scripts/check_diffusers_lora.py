@@ -28,17 +28,13 @@ from safetensors.torch import load_file
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from check_diffusers_export import encode  # the same prompt encoding as the Custom Diffusion check
+
 
 def metadata(path):
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         return json.loads(f.read(n)).get("__metadata__", {})
-
-
-def encode(tokenizer, text_encoder, prompt):
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
 
 
 def main():

@@ -22,9 +22,10 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{BaselineModel, FitConfig, MethodKind, Stage};
-use super::data::{augment, load_concept_photos, load_photos, prompt, Photo};
+use super::data::{draw_photos, load_concept_photos, load_photos, prompt, Photo};
 use super::distill::{
-    clip_gradients, scheduler_config, scheduler_with, FinetuneLog, Phases, StepLog, MIN_CROP_SCALE,
+    clip_gradients, encode_latents, normal, scheduler_config, scheduler_with, FinetuneLog, Phases,
+    StepLog, MIN_CROP_SCALE,
 };
 use super::optim::AdamW;
 use super::run_checkpoint::{self, Contents};
@@ -301,46 +302,43 @@ impl Baseline {
         Contents { stores, optimizers }
     }
 
-    fn normal(&mut self, shape: &[i64]) -> Tensor {
-        let n: i64 = shape.iter().product();
-        Tensor::from_slice(&self.rng.normal(n as usize))
-            .view(shape)
-            .to_device(self.device)
-    }
-
     /// Draws the next iteration's photos (and class images), prompts, noise and timesteps from
     /// the run's generator.
     pub fn draw_batch(&mut self) -> FinetuneBatch {
-        let res = self.config.resolution as u32;
-        let mut images = Vec::new();
-        let mut prompts = Vec::new();
-        for _ in 0..self.config.batch_size {
-            let k = (self.rng.next_u64() % self.photos.len() as u64) as usize;
-            let (concept, photo) = (self.photos[k].0, self.photos[k].1.image.clone());
-            images.push(augment(&photo, res, MIN_CROP_SCALE, &mut self.rng));
-            let subject = self.subjects[concept].clone();
-            prompts.push(prompt(&subject, &mut self.rng));
-        }
+        let (res, n) = (self.config.resolution as u32, self.config.batch_size);
+        let subjects = &self.subjects;
+        let (mut images, mut prompts) = draw_photos(
+            &self.photos,
+            n,
+            res,
+            MIN_CROP_SCALE,
+            &mut self.rng,
+            |concept, rng| prompt(&subjects[concept], rng),
+        );
         let mut class_images = 0;
         if !self.class_photos.is_empty() {
-            for _ in 0..self.config.batch_size {
-                let k = (self.rng.next_u64() % self.class_photos.len() as u64) as usize;
-                let (concept, photo) =
-                    (self.class_photos[k].0, self.class_photos[k].1.image.clone());
-                images.push(augment(&photo, res, MIN_CROP_SCALE, &mut self.rng));
-                prompts.push(class_prompt(&self.config.concepts[concept].class));
-                class_images += 1;
-            }
+            let concepts = &self.config.concepts;
+            let (more, class_prompts) = draw_photos(
+                &self.class_photos,
+                n,
+                res,
+                MIN_CROP_SCALE,
+                &mut self.rng,
+                |concept, _| class_prompt(&concepts[concept].class),
+            );
+            class_images = more.len();
+            images.extend(more);
+            prompts.extend(class_prompts);
         }
         let b = images.len() as i64;
         let vae = self.vae.model.config();
         let side = self.config.resolution / vae.downscale_factor();
         let latent = [b, vae.latent_channels, side, side];
-        let posterior_noise = self.normal(&latent);
+        let posterior_noise = normal(&mut self.rng, &latent, self.device);
         let ts: Vec<usize> = (0..b)
             .map(|_| (self.rng.next_u64() % self.alphas_cumprod.len() as u64) as usize)
             .collect();
-        let eps = self.normal(&latent);
+        let eps = normal(&mut self.rng, &latent, self.device);
         FinetuneBatch {
             images: Tensor::stack(&images, 0).to_device(self.device),
             prompts,
@@ -363,12 +361,12 @@ impl Baseline {
         let start = Instant::now();
         self.iteration += 1;
         let mut phases = Phases::new(self.device);
-        let scaling = self.vae.model.config().scaling_factor;
-        let x0 = tch::no_grad(|| {
-            let posterior = self.vae.model.encode(&batch.images.to_kind(self.kind));
-            let noise = batch.posterior_noise.to_kind(posterior.mean.kind());
-            posterior.sample_with(&noise).to_kind(Kind::Float) * scaling
-        });
+        let x0 = encode_latents(
+            &self.vae.model,
+            &batch.images,
+            &batch.posterior_noise,
+            self.kind,
+        );
         phases.mark("encode");
         let (a, s) = diffusion::coefficients(&self.alphas_cumprod, &batch.ts, self.device);
         let x_t = &a * &x0 + &s * &batch.eps;
@@ -570,18 +568,7 @@ impl Baseline {
 
     /// The self-attention (attn1) layers by diffusers path, sorted.
     pub fn self_attention_layers(&self) -> Vec<String> {
-        let mut layers: Vec<String> = self
-            .unet
-            .vs
-            .variables()
-            .into_keys()
-            .filter_map(|k| {
-                k.strip_suffix(".attn1.to_q.weight")
-                    .map(|s| format!("{s}.attn1"))
-            })
-            .collect();
-        layers.sort();
-        layers
+        super::outputs::self_attention_layers(&self.unet.vs)
     }
 
     /// The UNet's weights by diffusers name (DreamBooth's result).
@@ -626,11 +613,6 @@ impl super::method::Method for Baseline {
     fn restore_recovery_state(&mut self, lr_scale: f64, recoveries: usize) {
         self.lr_scale = lr_scale;
         self.recoveries = recoveries;
-        self.apply_lr_scale();
-    }
-    fn lower_learning_rates(&mut self, factor: f64) {
-        self.lr_scale *= factor;
-        self.recoveries += 1;
         self.apply_lr_scale();
     }
     fn save_checkpoint(&mut self, run: &Path, pause: &dyn Fn(&str)) -> Result<()> {

@@ -142,6 +142,26 @@ pub fn load_concept_photos(concepts: &[Concept]) -> Result<Vec<(usize, Photo)>> 
     Ok(photos)
 }
 
+/// Draws `n` photos at random from `photos` (concept index, photo), each augmented to `size`
+/// and given `prompt(concept, rng)`, in that order per photo so that a seed fixes the batch.
+pub fn draw_photos(
+    photos: &[(usize, Photo)],
+    n: i64,
+    size: u32,
+    min_scale: f64,
+    rng: &mut GaussianRng,
+    mut prompt: impl FnMut(usize, &mut GaussianRng) -> String,
+) -> (Vec<Tensor>, Vec<String>) {
+    let mut images = Vec::new();
+    let mut prompts = Vec::new();
+    for _ in 0..n {
+        let (concept, photo) = &photos[(rng.next_u64() % photos.len() as u64) as usize];
+        images.push(augment(&photo.image, size, min_scale, rng));
+        prompts.push(prompt(*concept, rng));
+    }
+    (images, prompts)
+}
+
 /// Random-scale square crop (side between `min_scale` and 1 of the short side, anywhere in the
 /// photo), resized to `size`, flipped horizontally with probability ½; returns (3, size, size)
 /// in [-1, 1].

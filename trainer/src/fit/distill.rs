@@ -17,7 +17,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::config::{FitConfig, Stage};
-use super::data::{augment, echo_prompt, load_concept_photos, prompt, Photo};
+use super::data::{draw_photos, echo_prompt, load_concept_photos, prompt, Photo};
 use super::optim::AdamW;
 use super::run_checkpoint::{self, Contents};
 use super::trainable::{add_concept_tokens, CrossAttentionKv, TokenRows};
@@ -277,6 +277,30 @@ pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> f64 {
     })
 }
 
+/// A tensor of `shape` drawn from `rng`'s standard normal, on `device`.
+pub(crate) fn normal(rng: &mut GaussianRng, shape: &[i64], device: Device) -> Tensor {
+    let n: i64 = shape.iter().product();
+    Tensor::from_slice(&rng.normal(n as usize))
+        .view(shape)
+        .to_device(device)
+}
+
+/// The photos' latents without gradient: the VAE posterior of `images` (in [-1, 1], run in
+/// `kind`) sampled with `noise`, times the VAE's scaling factor, in f32.
+pub(crate) fn encode_latents(
+    vae: &AutoencoderKL,
+    images: &Tensor,
+    noise: &Tensor,
+    kind: Kind,
+) -> Tensor {
+    let scaling = vae.config().scaling_factor;
+    tch::no_grad(|| {
+        let posterior = vae.encode(&images.to_kind(kind));
+        let noise = noise.to_kind(posterior.mean.kind());
+        posterior.sample_with(&noise).to_kind(Kind::Float) * scaling
+    })
+}
+
 /// Linear layers' usual scale: weights N(0, 1/fan_in), biases zero.
 fn init_heads(vs: &nn::VarStore, rng: &mut GaussianRng) {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -513,10 +537,7 @@ impl Distiller {
     }
 
     fn normal(&mut self, shape: &[i64]) -> Tensor {
-        let n: i64 = shape.iter().product();
-        Tensor::from_slice(&self.rng.normal(n as usize))
-            .view(shape)
-            .to_device(self.device)
+        normal(&mut self.rng, shape, self.device)
     }
 
     /// √ᾱ_t and √(1 − ᾱ_t) per sample, shaped to broadcast over latents.
@@ -526,20 +547,15 @@ impl Distiller {
 
     /// Draws the next iteration's photos, prompts, noise and timesteps from the run's generator.
     pub fn draw_batch(&mut self) -> Batch {
-        let mut images = Vec::new();
-        let mut prompts = Vec::new();
-        for _ in 0..self.config.batch_size {
-            let k = (self.rng.next_u64() % self.photos.len() as u64) as usize;
-            let (concept, photo) = (self.photos[k].0, self.photos[k].1.image.clone());
-            images.push(augment(
-                &photo,
-                self.config.resolution as u32,
-                MIN_CROP_SCALE,
-                &mut self.rng,
-            ));
-            let subject = self.subjects[concept].clone();
-            prompts.push(prompt(&subject, &mut self.rng));
-        }
+        let subjects = &self.subjects;
+        let (images, prompts) = draw_photos(
+            &self.photos,
+            self.config.batch_size,
+            self.config.resolution as u32,
+            MIN_CROP_SCALE,
+            &mut self.rng,
+            |concept, rng| prompt(&subjects[concept], rng),
+        );
         let b = self.config.batch_size;
         let vae = self.vae.model.config();
         let side = self.config.resolution / vae.downscale_factor();
@@ -573,12 +589,12 @@ impl Distiller {
         let stage = self.config.stage_after(self.iteration);
         self.iteration += 1;
         let mut phases = Phases::new(self.device);
-        let scaling = self.vae.model.config().scaling_factor;
-        let x0 = tch::no_grad(|| {
-            let posterior = self.vae.model.encode(&batch.images.to_kind(self.kind));
-            let noise = batch.posterior_noise.to_kind(posterior.mean.kind());
-            posterior.sample_with(&noise).to_kind(Kind::Float) * scaling
-        });
+        let x0 = encode_latents(
+            &self.vae.model,
+            &batch.images,
+            &batch.posterior_noise,
+            self.kind,
+        );
         phases.mark("encode");
         let poison = self.poison_at == Some(self.iteration);
         if poison {
@@ -901,13 +917,6 @@ impl Distiller {
         self.apply_lr_scale();
     }
 
-    /// Multiplies every learning rate by `factor` and counts a recovery.
-    pub fn lower_learning_rates(&mut self, factor: f64) {
-        self.lr_scale *= factor;
-        self.recoveries += 1;
-        self.apply_lr_scale();
-    }
-
     fn apply_lr_scale(&mut self) {
         let (teacher, student, heads) = self.learning_rates();
         for (name, opt) in self.optimizers_mut() {
@@ -1050,18 +1059,7 @@ impl Distiller {
 
     /// The student's self-attention (attn1) layers by diffusers path, sorted.
     pub fn student_self_attention_layers(&self) -> Vec<String> {
-        let mut layers: Vec<String> = self
-            .student
-            .vs
-            .variables()
-            .into_keys()
-            .filter_map(|k| {
-                k.strip_suffix(".attn1.to_q.weight")
-                    .map(|s| format!("{s}.attn1"))
-            })
-            .collect();
-        layers.sort();
-        layers
+        super::outputs::self_attention_layers(&self.student.vs)
     }
 
     /// "<token> <class>" of each concept.

@@ -38,7 +38,10 @@ pub trait Method {
     /// predates them).
     fn restore_recovery_state(&mut self, lr_scale: f64, recoveries: usize);
     /// Multiplies every learning rate by `factor` and counts a recovery.
-    fn lower_learning_rates(&mut self, factor: f64);
+    fn lower_learning_rates(&mut self, factor: f64) {
+        let (scale, done) = (self.lr_scale() * factor, self.recoveries() + 1);
+        self.restore_recovery_state(scale, done);
+    }
     /// Writes `run/checkpoint/`; `pause` is called at named points (failpoints).
     fn save_checkpoint(&mut self, run: &Path, pause: &dyn Fn(&str)) -> Result<()>;
     /// Restores `run/checkpoint/`.
@@ -89,9 +92,6 @@ impl Method for Distiller {
     }
     fn restore_recovery_state(&mut self, lr_scale: f64, recoveries: usize) {
         Distiller::restore_recovery_state(self, lr_scale, recoveries)
-    }
-    fn lower_learning_rates(&mut self, factor: f64) {
-        Distiller::lower_learning_rates(self, factor)
     }
     fn save_checkpoint(&mut self, run: &Path, pause: &dyn Fn(&str)) -> Result<()> {
         Distiller::save_checkpoint(self, run, pause)

@@ -159,6 +159,20 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
         .unwrap_or_default())
 }
 
+/// The self-attention (attn1) layers of a UNet's weights by diffusers path, sorted.
+pub fn self_attention_layers(unet: &tch::nn::VarStore) -> Vec<String> {
+    let mut layers: Vec<String> = unet
+        .variables()
+        .into_keys()
+        .filter_map(|k| {
+            k.strip_suffix(".attn1.to_q.weight")
+                .map(|s| format!("{s}.attn1"))
+        })
+        .collect();
+    layers.sort();
+    layers
+}
+
 /// The diffusers Custom Diffusion name of a trained K/V weight:
 /// `…attn2.to_k.weight` → `…attn2.processor.to_k_custom_diffusion.weight`.
 pub fn custom_diffusion_name(name: &str) -> Result<String> {
