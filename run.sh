@@ -17,6 +17,8 @@ TRANSFORMERS_VERSION=5.17.0
 TOKENIZERS_VERSION=0.23.3
 DIFFUSERS_VERSION=0.42.1
 PEFT_VERSION=0.18.0
+ONNX_VERSION=1.23.2
+ONNXRUNTIME_VERSION=1.31.1
 
 LIBTORCH_ROOT="$CACHE/libtorch-$TORCH_VERSION"
 PYENV="$CACHE/pyenv-transformers-$TRANSFORMERS_VERSION"
@@ -57,15 +59,22 @@ setup_libtorch() {
 }
 
 setup_python() {
-    if [[ -f "$PYENV/.complete" ]]; then
+    # onnx + onnxruntime: the bake tests run every written model through onnx's full checker and
+    # onnxruntime (tests/scripts/check_onnx_bake.py).
+    local want="transformers $TRANSFORMERS_VERSION onnx $ONNX_VERSION onnxruntime $ONNXRUNTIME_VERSION"
+    if [[ -f "$PYENV/.complete" && "$(cat "$PYENV/.complete")" == "$want" ]]; then
         say "python reference env present at $PYENV"
         return
     fi
-    say "creating python reference env $PYENV (transformers $TRANSFORMERS_VERSION, for parity checks)"
-    rm -rf "$PYENV"
-    python3 -m venv "$PYENV"
-    "$PYENV/bin/pip" install -q "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION"
-    touch "$PYENV/.complete"
+    if [[ -x "$PYENV/bin/pip" ]]; then
+        say "updating python reference env $PYENV to $want"
+    else
+        say "creating python reference env $PYENV ($want, for parity checks)"
+        python3 -m venv "$PYENV"
+    fi
+    "$PYENV/bin/pip" install -q "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" \
+        "onnx==$ONNX_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION" numpy safetensors
+    echo "$want" >"$PYENV/.complete"
 }
 
 setup_clip_vocab() {
@@ -157,6 +166,10 @@ demo() {
         --out "$out/run-student-1step.png"
     "$trainer" sample --run "$out/run" --teacher --steps 25 --guidance 7.5 \
         --prompt 'a <new1> toy on the beach' --seed 0 --out "$out/run-teacher-25step.png"
+    echo
+    echo "== the run baked into ONNX for the runtime and the web page: the student with its K/V and token"
+    ./target/release/exporter bake --base "$out/tiny-student" --run "$out/run" --out "$out/model" --height 96 --width 96
+    ./target/release/exporter inspect "$out/model"
     echo
     if [[ -f "$ECHODISTILL_DREAMBENCH/dataset/prompts_and_classes.txt" ]]; then
         echo "== DreamBench protocol on the run (own concept: its photos are the references;"

@@ -3,12 +3,22 @@
 //! Two layers live here. The framework-free core builds for every target, wasm32 included, and is
 //! shared by the trainer (tch), the exporter and the web page:
 //! - [`tokenizer`]: the CLIP byte-level BPE tokenizer of Stable Diffusion, with added modifier
-//!   tokens such as `<new1>`.
+//!   tokens such as `<new1>`;
+//! - [`scheduler`], [`rng`], [`image_tensor`]: schedules, the seeded Gaussian generator, image
+//!   conversion;
+//! - [`model_config`], [`model_files`]: diffusers configs and safetensors weight files, read
+//!   without a tensor library; [`manifest`]: the baked model folder's `manifest.yaml`;
+//! - [`hub`] (feature `hub`, native only): Hugging Face repo ids through the hub cache.
 //!
 //! The ONNX Runtime layer ([`onnx`], behind the default `ort` feature) serves one-step generation
 //! to native applications.
 
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod image_tensor;
+pub mod manifest;
+pub mod model_config;
+pub mod model_files;
 pub mod rng;
 pub mod scheduler;
 pub mod tokenizer;

@@ -1,5 +1,6 @@
 //! The workspace's one integration-test binary; each module guards one contract.
 
+mod bake;
 mod baselines;
 mod cli_errors;
 mod eval;

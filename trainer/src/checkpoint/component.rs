@@ -61,68 +61,9 @@ impl Component {
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", shown(&path)))
     }
 
-    /// The safetensors files holding the weights: `NAME[.variant].safetensors`, or the shards
-    /// an `…safetensors.index.json` lists. Pickle `.bin` files are refused with a conversion hint.
+    /// The safetensors files holding the weights (see [`runtime::model_files::weight_files`]).
     pub fn weight_files(&self, variant: Option<&str>) -> Result<Vec<PathBuf>> {
-        let base = self.weights_name;
-        let mut candidates = Vec::new();
-        if let Some(v) = variant {
-            candidates.push(format!("{base}.{v}.safetensors"));
-        }
-        candidates.push(format!("{base}.safetensors"));
-        if variant.is_none() {
-            // Only a half-precision file shipped: use it (weights are converted on load).
-            candidates.push(format!("{base}.fp16.safetensors"));
-        }
-        for name in &candidates {
-            let single = self.dir.join(name);
-            if single.is_file() {
-                return Ok(vec![single]);
-            }
-            let index = self.dir.join(format!("{name}.index.json"));
-            if index.is_file() {
-                return self.shards(&index);
-            }
-        }
-        for pickle in [
-            format!("{base}.bin"),
-            format!("{base}.fp16.bin"),
-            format!("{base}.ckpt"),
-        ] {
-            let path = self.dir.join(&pickle);
-            if path.is_file() {
-                bail!(
-                    "{} is a pickle checkpoint, which is not read (loading pickles can run code). Convert it once with diffusers/transformers: `Model.from_pretrained(\"{}\").save_pretrained(\"{}\", safe_serialization=True)`",
-                    shown(&path),
-                    shown(&self.dir),
-                    shown(&self.dir)
-                );
-            }
-        }
-        bail!(
-            "{}: no weights found (looked for {})",
-            shown(&self.dir),
-            candidates.join(", ")
-        )
-    }
-
-    fn shards(&self, index: &Path) -> Result<Vec<PathBuf>> {
-        let text = std::fs::read_to_string(index)
-            .with_context(|| format!("cannot read {}", shown(index)))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: malformed JSON", shown(index)))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .with_context(|| format!("{}: no weight_map", shown(index)))?;
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(|v| v.as_str())
-            .map(|f| self.dir.join(f))
-            .collect();
-        files.sort();
-        files.dedup();
-        Ok(files)
+        runtime::model_files::weight_files(&self.dir, self.weights_name, variant)
     }
 
     /// Builds a network with `build` in a fresh store and loads the weights strictly, after

@@ -5,7 +5,6 @@
 //! copies the tensors into a tch `VarStore` only if every name and shape matches.
 
 pub mod component;
-pub mod hub;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use tch::{nn, Tensor};
 
 pub use component::{load_text_encoder, load_unet, load_vae, Component, LoadOptions, Loaded};
-pub use hub::model_dir;
+pub use runtime::hub::model_dir;
 
 /// Tensors that checkpoints may carry but that are not weights (transformers' CLIP saves its
 /// position-id buffer in older files).

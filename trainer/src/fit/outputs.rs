@@ -5,11 +5,11 @@
 //! run leaves its method's weights instead (see [`save_baseline`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
+use anyhow::{bail, Context, Result};
+use runtime::model_files;
+pub use runtime::model_files::read_metadata;
 use tch::{Device, Kind, Tensor};
 
 use super::baseline::Baseline;
@@ -30,89 +30,12 @@ pub const META_TOKENS: &str = "echodistill.tokens";
 /// The file name diffusers' `load_attn_procs` looks for in a folder.
 pub const DIFFUSERS_WEIGHTS: &str = "pytorch_custom_diffusion_weights.safetensors";
 
-/// Opens a safetensors file and parses its JSON header: the file (positioned after the header),
-/// the header's length and the header.
-fn open_header(path: &Path) -> Result<(std::fs::File, u64, serde_json::Value)> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let len = u64::from_le_bytes(len);
-    ensure!(
-        len < 100 << 20,
-        "{}: safetensors header of {len} bytes",
-        path.display()
-    );
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)
-        .with_context(|| format!("{}: truncated header", path.display()))?;
-    let header = serde_json::from_slice(&header)
-        .with_context(|| format!("{}: malformed safetensors header", path.display()))?;
-    Ok((file, len, header))
-}
-
-/// A stored tensor: dtype name, shape, raw little-endian bytes.
-type RawTensor = (String, Vec<u64>, Vec<u8>);
-
-/// Raw bytes, dtype and shape of the named tensors of safetensors `files`, read from their byte
-/// ranges only (a UNet file is gigabytes; its K/V are a few percent of it).
-fn read_raw(files: &[PathBuf], names: &[String]) -> Result<BTreeMap<String, RawTensor>> {
-    let mut found = BTreeMap::new();
-    for path in files {
-        let (mut file, len, header) = open_header(path)?;
-        for name in names {
-            let Some(info) = header.get(name) else {
-                continue;
-            };
-            let dtype = info["dtype"].as_str().unwrap_or("?").to_string();
-            let shape: Vec<u64> = serde_json::from_value(info["shape"].clone())
-                .with_context(|| format!("{}: bad shape of {name}", path.display()))?;
-            let offsets: [u64; 2] = serde_json::from_value(info["data_offsets"].clone())
-                .with_context(|| format!("{}: bad offsets of {name}", path.display()))?;
-            ensure!(
-                offsets[1] >= offsets[0],
-                "{}: bad offsets of {name}",
-                path.display()
-            );
-            let mut data = vec![0u8; (offsets[1] - offsets[0]) as usize];
-            file.seek(SeekFrom::Start(8 + len + offsets[0]))?;
-            file.read_exact(&mut data)
-                .with_context(|| format!("{}: truncated tensor {name}", path.display()))?;
-            found.insert(name.clone(), (dtype, shape, data));
-        }
-    }
-    if let Some(missing) = names.iter().find(|n| !found.contains_key(*n)) {
-        bail!(
-            "{missing} is not in {}",
-            files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    Ok(found)
-}
-
-/// SHA-256 (hex) of the named tensors as stored in a diffusers component folder (`unet/`): for
-/// each name in sorted order, the name, its dtype, its shape and its raw little-endian bytes. The
-/// exporter recomputes it from the base it bakes into and refuses a mismatch.
+/// SHA-256 (hex) of the named tensors as stored in a diffusers component folder (`unet/`), see
+/// [`runtime::model_files::fingerprint`]. The exporter recomputes it from the base it bakes into
+/// and refuses a mismatch.
 pub fn fingerprint(component_dir: &Path, names: &[String]) -> Result<String> {
     let files = Component::open(component_dir, "diffusion_pytorch_model")?.weight_files(None)?;
-    let raw = read_raw(&files, names)?;
-    let mut hash = Sha256::new();
-    for (name, (dtype, shape, data)) in &raw {
-        hash.update(name.as_bytes());
-        hash.update([0]);
-        hash.update(dtype.as_bytes());
-        hash.update([0]);
-        for d in shape {
-            hash.update(d.to_le_bytes());
-        }
-        hash.update(data);
-    }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    model_files::fingerprint(&files, names)
 }
 
 /// Writes f32 copies of `tensors` as safetensors with `metadata` (plus `format: pt`, which
@@ -148,15 +71,6 @@ pub fn write_with_metadata(
         safetensors::tensor::serialize_to_file(views, &Some(meta), tmp)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", path.display()))
     })
-}
-
-/// Reads the `__metadata__` of a safetensors file.
-pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
-    let (_, _, header) = open_header(path)?;
-    Ok(header
-        .get("__metadata__")
-        .and_then(|m| serde_json::from_value(m.clone()).ok())
-        .unwrap_or_default())
 }
 
 /// The self-attention (attn1) layers of a UNet's weights by diffusers path, sorted.

@@ -3,71 +3,24 @@
 //! drop OpenCLIP's last layer: 23 layers).
 
 use anyhow::Result;
-use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::clip_encoder::{Activation, ClipEncoder, ClipEncoderConfig};
 use super::{layer_norm, linear};
 
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_eos() -> i64 {
-    49407
-}
-fn default_projection() -> i64 {
-    512
-}
-fn default_act() -> String {
-    "quick_gelu".into()
-}
+pub use runtime::model_config::ClipTextConfig;
 
-/// `text_encoder/config.json` (a `CLIPTextConfig`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClipTextConfig {
-    /// Token embedding rows (49408, plus added tokens after training).
-    pub vocab_size: i64,
-    /// Width (1024 for SD 2.x, 768 for SD 1.x).
-    pub hidden_size: i64,
-    /// MLP width.
-    pub intermediate_size: i64,
-    /// Layers.
-    pub num_hidden_layers: i64,
-    /// Attention heads.
-    pub num_attention_heads: i64,
-    /// Positions (77).
-    pub max_position_embeddings: i64,
-    /// `gelu` (OpenCLIP, SD 2.x) or `quick_gelu` (OpenAI CLIP, SD 1.x).
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    /// LayerNorm epsilon.
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    /// The end-of-text id, which marks the pooled position.
-    #[serde(default = "default_eos")]
-    pub eos_token_id: i64,
-    /// Width of `text_projection` (CLIP-T's embedding).
-    #[serde(default = "default_projection")]
-    pub projection_dim: i64,
-}
-
-impl ClipTextConfig {
-    /// Parses `text_encoder/config.json` text.
-    pub fn from_json(text: &str) -> Result<Self> {
-        Ok(serde_json::from_str(text)?)
-    }
-
-    fn encoder(&self) -> Result<ClipEncoderConfig> {
-        Ok(ClipEncoderConfig {
-            hidden: self.hidden_size,
-            intermediate: self.intermediate_size,
-            heads: self.num_attention_heads,
-            layers: self.num_hidden_layers,
-            eps: self.layer_norm_eps,
-            activation: Activation::from_config(&self.hidden_act)?,
-        })
-    }
+/// The encoder stack's sizes in a text config.
+fn encoder_config(config: &ClipTextConfig) -> Result<ClipEncoderConfig> {
+    Ok(ClipEncoderConfig {
+        hidden: config.hidden_size,
+        intermediate: config.intermediate_size,
+        heads: config.num_attention_heads,
+        layers: config.num_hidden_layers,
+        eps: config.layer_norm_eps,
+        activation: Activation::from_config(&config.hidden_act)?,
+    })
 }
 
 /// The CLIP text transformer.
@@ -95,7 +48,7 @@ impl ClipTextModel {
             token_embedding: embedding("token_embedding", config.vocab_size),
             added_rows: None,
             position_embedding: embedding("position_embedding", config.max_position_embeddings),
-            encoder: ClipEncoder::new(&t / "encoder", config.encoder()?)?,
+            encoder: ClipEncoder::new(&t / "encoder", encoder_config(&config)?)?,
             final_layer_norm: layer_norm(
                 &t / "final_layer_norm",
                 config.hidden_size,

@@ -1,8 +1,6 @@
 //! diffusers' `AutoencoderKL` (models/autoencoders/autoencoder_kl.py, vae.py): the encoder to a
 //! diagonal Gaussian posterior over latents, and the decoder back to RGB in [-1, 1].
 
-use anyhow::{ensure, Result};
-use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -10,82 +8,7 @@ use super::attention::{Attention, AttentionConfig};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use super::{conv2d, group_norm};
 
-fn default_three() -> i64 {
-    3
-}
-fn default_four() -> i64 {
-    4
-}
-fn default_one() -> i64 {
-    1
-}
-fn default_groups() -> i64 {
-    32
-}
-fn default_scaling() -> f64 {
-    0.18215
-}
-fn default_true() -> bool {
-    true
-}
-
-/// `vae/config.json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct VaeConfig {
-    /// Image channels in.
-    #[serde(default = "default_three")]
-    pub in_channels: i64,
-    /// Image channels out.
-    #[serde(default = "default_three")]
-    pub out_channels: i64,
-    /// Channels per level.
-    pub block_out_channels: Vec<i64>,
-    /// Resnets per encoder level (decoder levels have one more).
-    #[serde(default = "default_one")]
-    pub layers_per_block: i64,
-    /// Latent channels.
-    #[serde(default = "default_four")]
-    pub latent_channels: i64,
-    /// GroupNorm groups.
-    #[serde(default = "default_groups")]
-    pub norm_num_groups: i64,
-    /// Latents are multiplied by this before diffusion (0.18215 for SD).
-    #[serde(default = "default_scaling")]
-    pub scaling_factor: f64,
-    /// Whether the mid blocks have attention.
-    #[serde(default = "default_true")]
-    pub mid_block_add_attention: bool,
-    /// Whether `quant_conv` / `post_quant_conv` exist.
-    #[serde(default = "default_true")]
-    pub use_quant_conv: bool,
-    /// Whether `post_quant_conv` exists.
-    #[serde(default = "default_true")]
-    pub use_post_quant_conv: bool,
-    /// SD3's latent shift; only absent or null is supported.
-    #[serde(default)]
-    pub shift_factor: Option<f64>,
-}
-
-impl VaeConfig {
-    /// Parses `vae/config.json` text.
-    pub fn from_json(text: &str) -> Result<Self> {
-        let config: Self = serde_json::from_str(text)?;
-        ensure!(
-            !config.block_out_channels.is_empty(),
-            "vae block_out_channels is empty"
-        );
-        ensure!(
-            config.shift_factor.is_none_or(|s| s == 0.0),
-            "vae shift_factor is not supported"
-        );
-        Ok(config)
-    }
-
-    /// How much smaller the latents are than the image (8 for SD).
-    pub fn downscale_factor(&self) -> i64 {
-        1 << (self.block_out_channels.len() - 1)
-    }
-}
+pub use runtime::model_config::VaeConfig;
 
 /// The VAE's single-head self-attention with its own GroupNorm and a residual.
 #[derive(Debug)]

@@ -68,7 +68,7 @@ pub fn model_dir(spec: &str) -> Result<PathBuf> {
         cache.path().display()
     );
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
-        bail!("{hint}and HF_HUB_OFFLINE=1 forbids downloading it: download it on a connected machine (huggingface-cli download {spec}) or pass a local diffusers folder with --model DIR");
+        bail!("{hint}and HF_HUB_OFFLINE=1 forbids downloading it: download it on a connected machine (huggingface-cli download {spec}) or pass a local diffusers folder instead");
     }
     let download = || -> Result<PathBuf> {
         let api = ApiBuilder::from_env().with_progress(true).build()?;
@@ -94,7 +94,7 @@ pub fn model_dir(spec: &str) -> Result<PathBuf> {
             .to_path_buf())
     };
     download().map_err(|e| {
-        anyhow::anyhow!("{hint}and could not be downloaded ({e:#}): download it on a connected machine or pass a local diffusers folder with --model DIR")
+        anyhow::anyhow!("{hint}and could not be downloaded ({e:#}): download it on a connected machine or pass a local diffusers folder instead")
     })
 }
 
