@@ -8,7 +8,7 @@
 //!   conversion;
 //! - [`model_config`], [`model_files`]: diffusers configs and safetensors weight files, read
 //!   without a tensor library; [`manifest`]: the baked model folder's `manifest.yaml`;
-//! - [`hub`] (feature `hub`, native only): Hugging Face repo ids through the hub cache.
+//! - `hub` (feature `hub`, native only): Hugging Face repo ids through the hub cache.
 //!
 //! The ONNX Runtime layer ([`onnx`], behind the default `ort` feature) serves one-step generation
 //! to native applications.
