@@ -99,7 +99,7 @@ fn uncached_repo_id_offline() {
         &out,
         &[
             "someone/not-a-model is not in the Hugging Face cache",
-            "--model DIR",
+            "a local diffusers folder",
         ],
     );
 }
