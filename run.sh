@@ -58,23 +58,33 @@ setup_libtorch() {
     say "libtorch ready: $LIBTORCH_ROOT/torch"
 }
 
+# ensure_venv DIR WHAT WANT PIP_SPEC...: a Python venv at DIR holding PIP_SPEC. Its .complete file
+# records WANT (the pinned versions), so a venv made for other versions is updated in place and
+# an up-to-date one costs nothing.
+ensure_venv() {
+    local dir="$1" what="$2" want="$3"
+    shift 3
+    if [[ -f "$dir/.complete" && "$(cat "$dir/.complete")" == "$want" ]]; then
+        say "$what present at $dir"
+        return
+    fi
+    if [[ -x "$dir/bin/pip" ]]; then
+        say "updating $what $dir to $want"
+    else
+        say "creating $what $dir ($want)"
+        python3 -m venv "$dir"
+    fi
+    "$dir/bin/pip" install -q "$@"
+    echo "$want" >"$dir/.complete"
+}
+
 setup_python() {
     # onnx + onnxruntime: the bake tests run every written model through onnx's full checker and
     # onnxruntime (tests/scripts/check_onnx_bake.py).
-    local want="transformers $TRANSFORMERS_VERSION onnx $ONNX_VERSION onnxruntime $ONNXRUNTIME_VERSION"
-    if [[ -f "$PYENV/.complete" && "$(cat "$PYENV/.complete")" == "$want" ]]; then
-        say "python reference env present at $PYENV"
-        return
-    fi
-    if [[ -x "$PYENV/bin/pip" ]]; then
-        say "updating python reference env $PYENV to $want"
-    else
-        say "creating python reference env $PYENV ($want, for parity checks)"
-        python3 -m venv "$PYENV"
-    fi
-    "$PYENV/bin/pip" install -q "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" \
+    ensure_venv "$PYENV" "python reference env (parity checks)" \
+        "transformers $TRANSFORMERS_VERSION onnx $ONNX_VERSION onnxruntime $ONNXRUNTIME_VERSION" \
+        "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" \
         "onnx==$ONNX_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION" numpy safetensors
-    echo "$want" >"$PYENV/.complete"
 }
 
 setup_clip_vocab() {
@@ -214,21 +224,10 @@ test_all() {
 # wheels) with diffusers and transformers. Only `./run.sh goldens` needs it; tests do not.
 setup_goldens_env() {
     # peft: diffusers' load_lora_weights needs it (tests/scripts/check_diffusers_lora.py).
-    local want="torch $TORCH_VERSION diffusers $DIFFUSERS_VERSION transformers $TRANSFORMERS_VERSION peft $PEFT_VERSION"
-    if [[ -f "$GOLDENS_ENV/.complete" && "$(cat "$GOLDENS_ENV/.complete")" == "$want" ]]; then
-        say "goldens env present at $GOLDENS_ENV"
-        return
-    fi
-    if [[ -f "$GOLDENS_ENV/bin/pip" ]]; then
-        say "updating $GOLDENS_ENV to $want"
-    else
-        say "creating $GOLDENS_ENV ($want; several GB)"
-        python3 -m venv "$GOLDENS_ENV"
-    fi
-    "$GOLDENS_ENV/bin/pip" install -q "torch==$TORCH_VERSION" "diffusers==$DIFFUSERS_VERSION" \
-        "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION" "peft==$PEFT_VERSION" \
-        safetensors
-    echo "$want" >"$GOLDENS_ENV/.complete"
+    ensure_venv "$GOLDENS_ENV" "goldens env (several GB)" \
+        "torch $TORCH_VERSION diffusers $DIFFUSERS_VERSION transformers $TRANSFORMERS_VERSION peft $PEFT_VERSION" \
+        "torch==$TORCH_VERSION" "diffusers==$DIFFUSERS_VERSION" "transformers==$TRANSFORMERS_VERSION" \
+        "tokenizers==$TOKENIZERS_VERSION" "peft==$PEFT_VERSION" safetensors
 }
 
 goldens() {
