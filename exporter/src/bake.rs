@@ -15,14 +15,13 @@ use runtime::manifest::{
     MANIFEST_FILE,
 };
 use runtime::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
-use runtime::model_files::fingerprint;
 use runtime::{ClipTokenizer, SchedulerConfig};
 
 use crate::cli::BakeArgs;
 use crate::networks::{clip_text, unet, vae_decoder};
 use crate::onnx::model_file::{write_model, ExternalData, PROTOBUF_LIMIT};
 use crate::onnx::{Array, Graph, WeightType};
-use crate::run_folder::{lora_delta, Run, UnetChange};
+use crate::run_folder::{Run, UnetChange};
 use crate::weights::Weights;
 
 fn read_config(dir: &Path) -> Result<String> {
@@ -138,67 +137,6 @@ fn added_rows(run: &Run, vocab: i64) -> Result<Option<Array>> {
         });
     }
     Ok(stacked)
-}
-
-/// Applies the run's UNet change to the base UNet's weights.
-fn apply_unet_change(weights: &mut Weights, run: &Run, base: &Path, base_spec: &str) -> Result<()> {
-    match &run.unet {
-        UnetChange::None | UnetChange::Whole(_) => Ok(()),
-        UnetChange::Replace {
-            file,
-            tensors,
-            base_sha256,
-        } => {
-            let names: Vec<String> = tensors.keys().cloned().collect();
-            let actual = fingerprint(&weights.files(), &names).with_context(|| {
-                format!(
-                    "{} replaces tensors {} lacks",
-                    file.display(),
-                    base.join("unet").display()
-                )
-            })?;
-            if &actual != base_sha256 {
-                bail!(
-                    "{} was trained on other base weights ({}) than {base_spec}: the K/V it replaces differ (sha256 {actual}, the run recorded {base_sha256}). Bake with the base the run trained",
-                    file.display(),
-                    run.recorded_base().unwrap_or_else(|| "unknown".into())
-                );
-            }
-            for (name, value) in tensors {
-                weights.replace(name, value.clone(), file)?;
-            }
-            Ok(())
-        }
-        UnetChange::Lora {
-            file,
-            adapters,
-            scale,
-        } => {
-            for (layer, a, b) in adapters {
-                let name = format!("{layer}.weight");
-                let mut w = weights.peek(&name).with_context(|| {
-                    format!(
-                        "{}: the adapter {layer} sits beside {name}, which the base lacks",
-                        file.display()
-                    )
-                })?;
-                let delta = lora_delta(a, b, *scale)?;
-                if delta.shape != w.shape {
-                    bail!(
-                        "{}: the update of {layer} is {:?}, the weight {:?}",
-                        file.display(),
-                        delta.shape,
-                        w.shape
-                    );
-                }
-                for (v, d) in w.data.iter_mut().zip(&delta.data) {
-                    *v += d;
-                }
-                weights.replace(&name, w, file)?;
-            }
-            Ok(())
-        }
-    }
 }
 
 /// Checks that DreamBooth's UNet has the base UNet's tensors and shapes.
@@ -348,7 +286,9 @@ pub fn run(args: &BakeArgs) -> Result<()> {
         if matches!(r.unet, UnetChange::Whole(_)) {
             check_same_architecture(&uw, &base_unet)?;
         }
-        apply_unet_change(&mut uw, r, &base, &args.base)?;
+        for change in r.changed_matrices(&uw, &args.base)? {
+            uw.replace(&change.name, change.new, &change.source)?;
+        }
     }
     let graph = unet::build(&unet_config, &mut uw, weight_type)
         .with_context(|| format!("building the UNet from {}", unet_dir.display()))?;

@@ -10,70 +10,12 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use onnx_protobuf::tensor_proto::{DataLocation, DataType};
 use runtime::hub::model_dir;
-use runtime::model_files::fingerprint;
 
 use crate::cli::BakeArgs;
 use crate::onnx::model_file::{read_model, tensor_bytes, write_proto, PROTOBUF_LIMIT};
 use crate::onnx::Array;
-use crate::run_folder::{lora_delta, Run, UnetChange};
+use crate::run_folder::{Run, UnetChange};
 use crate::weights::Weights;
-
-/// A matrix the run changes: its diffusers name, base value and new value.
-struct Change {
-    name: String,
-    base: Array,
-    new: Array,
-}
-
-/// The base and new values of every UNet matrix the run changes.
-fn changes(run: &Run, unet: &Weights, base_spec: &str) -> Result<Vec<Change>> {
-    match &run.unet {
-        UnetChange::Replace {
-            file,
-            tensors,
-            base_sha256,
-        } => {
-            let names: Vec<String> = tensors.keys().cloned().collect();
-            if &fingerprint(&unet.files(), &names)? != base_sha256 {
-                bail!(
-                    "{} was trained on other base weights than {base_spec}: pass the --base the run trained",
-                    file.display()
-                );
-            }
-            tensors
-                .iter()
-                .map(|(name, new)| {
-                    Ok(Change {
-                        name: name.clone(),
-                        base: unet.peek(name)?,
-                        new: new.clone(),
-                    })
-                })
-                .collect()
-        }
-        UnetChange::Lora {
-            adapters, scale, ..
-        } => adapters
-            .iter()
-            .map(|(layer, a, b)| {
-                let name = format!("{layer}.weight");
-                let base = unet.peek(&name)?;
-                let delta = lora_delta(a, b, *scale)?;
-                let mut new = base.clone();
-                for (v, d) in new.data.iter_mut().zip(&delta.data) {
-                    *v += d;
-                }
-                Ok(Change { name, base, new })
-            })
-            .collect(),
-        UnetChange::None => {
-            bail!("a {} run changes only the text encoder: there is nothing to patch in a UNet (bake it instead)", run.method)
-        }
-        UnetChange::Whole(_) => {
-            bail!("a DreamBooth run changes every UNet weight: bake it instead of patching")
-        }
-    }
-}
 
 /// `array` (optionally transposed) as bytes of `data_type`.
 fn encode(array: &Array, transposed: bool, data_type: i32) -> Option<Vec<u8>> {
@@ -105,7 +47,17 @@ pub fn run(args: &BakeArgs, onnx_path: &Path) -> Result<()> {
     let run = Run::read(run_dir)?;
     let base = model_dir(&args.base)?;
     let unet = Weights::open(&base.join("unet"), "diffusion_pytorch_model")?;
-    let changes = changes(&run, &unet, &args.base)?;
+    match &run.unet {
+        UnetChange::None => bail!(
+            "a {} run changes only the text encoder: there is nothing to patch in a UNet (bake it instead)",
+            run.method
+        ),
+        UnetChange::Whole(_) => {
+            bail!("a DreamBooth run changes every UNet weight: bake it instead of patching")
+        }
+        UnetChange::Replace { .. } | UnetChange::Lora { .. } => {}
+    }
+    let changes = run.changed_matrices(&unet, &args.base)?;
     let mut model = read_model(onnx_path)?;
     let dir = onnx_path
         .parent()

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use runtime::model_files::{read_metadata, SafetensorsHeader};
+use runtime::model_files::{fingerprint, read_metadata, SafetensorsHeader};
 use runtime::ClipTokenizer;
 use serde::Deserialize;
 
 use crate::onnx::Array;
-use crate::weights::decode;
+use crate::weights::{decode, Weights};
 
 /// Metadata key of the base weights' fingerprint in a K/V file.
 const META_BASE_SHA256: &str = "echodistill.base_sha256";
@@ -271,8 +271,109 @@ impl Run {
     }
 }
 
+/// A UNet matrix a run changes: its diffusers name, the base value and the new value.
+#[derive(Debug)]
+pub struct Change {
+    /// Diffusers name, e.g. `…attn2.to_k.weight`.
+    pub name: String,
+    /// The base model's value.
+    pub base: Array,
+    /// The value after the run.
+    pub new: Array,
+    /// The run file it comes from, for messages.
+    pub source: PathBuf,
+}
+
+impl Run {
+    /// The base matrices the run changes in `unet` (the base UNet's weights; `base_spec` names
+    /// it in messages) with their new values: replaced K/V, checked against the fingerprint the
+    /// run recorded, or LoRA-merged projections. Empty for Textual Inversion (no UNet change)
+    /// and DreamBooth (a whole UNet instead).
+    pub fn changed_matrices(&self, unet: &Weights, base_spec: &str) -> Result<Vec<Change>> {
+        match &self.unet {
+            UnetChange::None | UnetChange::Whole(_) => Ok(Vec::new()),
+            UnetChange::Replace {
+                file,
+                tensors,
+                base_sha256,
+            } => {
+                let names: Vec<String> = tensors.keys().cloned().collect();
+                let actual = fingerprint(&unet.files(), &names).with_context(|| {
+                    format!(
+                        "{} replaces tensors {} lacks",
+                        file.display(),
+                        unet.dir.display()
+                    )
+                })?;
+                if &actual != base_sha256 {
+                    bail!(
+                        "{} was trained on other base weights ({}) than {base_spec}: the K/V it replaces differ (sha256 {actual}, the run recorded {base_sha256}). Use the base the run trained",
+                        file.display(),
+                        self.recorded_base().unwrap_or_else(|| "unknown".into())
+                    );
+                }
+                tensors
+                    .iter()
+                    .map(|(name, new)| {
+                        let base = unet.peek(name)?;
+                        if base.shape != new.shape {
+                            bail!(
+                                "{}: {name} is {:?}, the base model's is {:?}",
+                                file.display(),
+                                new.shape,
+                                base.shape
+                            );
+                        }
+                        Ok(Change {
+                            name: name.clone(),
+                            base,
+                            new: new.clone(),
+                            source: file.clone(),
+                        })
+                    })
+                    .collect()
+            }
+            UnetChange::Lora {
+                file,
+                adapters,
+                scale,
+            } => adapters
+                .iter()
+                .map(|(layer, a, b)| {
+                    let name = format!("{layer}.weight");
+                    let base = unet.peek(&name).with_context(|| {
+                        format!(
+                            "{}: the adapter {layer} sits beside {name}, which the base lacks",
+                            file.display()
+                        )
+                    })?;
+                    let delta = lora_delta(a, b, *scale)?;
+                    if delta.shape != base.shape {
+                        bail!(
+                            "{}: the update of {layer} is {:?}, the weight {:?}",
+                            file.display(),
+                            delta.shape,
+                            base.shape
+                        );
+                    }
+                    let mut new = base.clone();
+                    for (v, d) in new.data.iter_mut().zip(&delta.data) {
+                        *v += d;
+                    }
+                    Ok(Change {
+                        name,
+                        base,
+                        new,
+                        source: file.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
 /// B·A (out × in) scaled: the LoRA update of one weight.
-pub fn lora_delta(a: &Array, b: &Array, scale: f32) -> Result<Array> {
+fn lora_delta(a: &Array, b: &Array, scale: f32) -> Result<Array> {
     let (rank, cols) = (a.shape[0], a.shape[1]);
     let rows = b.shape[0];
     if b.shape[1] != rank {

@@ -58,6 +58,22 @@ pub fn conv3(g: &mut Graph, w: &mut Weights, x: &str, name: &str) -> Result<Stri
     conv(g, w, x, name, 1, [1, 1, 1, 1])
 }
 
+/// GroupNorm `norm`, SiLU, 3×3 conv `conv`: the two halves of a resnet and the networks' output
+/// heads.
+pub fn norm_silu_conv(
+    g: &mut Graph,
+    w: &mut Weights,
+    x: &str,
+    norm: &str,
+    conv: &str,
+    groups: usize,
+    eps: f64,
+) -> Result<String> {
+    let h = group_norm(g, w, x, norm, groups, eps)?;
+    let h = g.silu(&h);
+    conv3(g, w, &h, conv)
+}
+
 /// `ResnetBlock2D` at `name`: GroupNorm, SiLU, conv, (+ projected time embedding), GroupNorm,
 /// SiLU, conv, plus the (1×1-projected when the width changes) input.
 pub fn resnet(
@@ -70,18 +86,30 @@ pub fn resnet(
     eps: f64,
 ) -> Result<String> {
     g.push(name);
-    let h = group_norm(g, w, x, &format!("{name}.norm1"), groups, eps)?;
-    let h = g.silu(&h);
-    let mut h = conv3(g, w, &h, &format!("{name}.conv1"))?;
+    let mut h = norm_silu_conv(
+        g,
+        w,
+        x,
+        &format!("{name}.norm1"),
+        &format!("{name}.conv1"),
+        groups,
+        eps,
+    )?;
     if let Some(temb) = temb {
         let t = g.silu(temb);
         let t = linear(g, w, &t, &format!("{name}.time_emb_proj"), true)?;
         let t = g.unsqueeze(&t, &[2, 3]);
         h = g.add(&h, &t);
     }
-    let h = group_norm(g, w, &h, &format!("{name}.norm2"), groups, eps)?;
-    let h = g.silu(&h);
-    let h = conv3(g, w, &h, &format!("{name}.conv2"))?;
+    let h = norm_silu_conv(
+        g,
+        w,
+        &h,
+        &format!("{name}.norm2"),
+        &format!("{name}.conv2"),
+        groups,
+        eps,
+    )?;
     let shortcut_name = format!("{name}.conv_shortcut");
     let shortcut = if w.shape(&format!("{shortcut_name}.weight")).is_some() {
         conv(g, w, x, &shortcut_name, 1, [0, 0, 0, 0])?

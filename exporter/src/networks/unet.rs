@@ -7,7 +7,7 @@
 
 use anyhow::{ensure, Result};
 use onnx_protobuf::tensor_proto::DataType;
-use runtime::model_config::UNetConfig;
+use runtime::model_config::{UNetConfig, UNetPlan};
 
 use super::blocks::{self, AttentionSpec};
 use crate::onnx::{Array, Dim, Graph, WeightType};
@@ -16,6 +16,7 @@ use crate::weights::Weights;
 /// What every block needs to know.
 struct Ctx<'a> {
     config: &'a UNetConfig,
+    plan: UNetPlan,
     temb: String,
     context: String,
 }
@@ -67,6 +68,7 @@ pub fn build(config: &UNetConfig, w: &mut Weights, weight_type: WeightType) -> R
     let temb = time_embedding(&mut g, w, config, &timestep, ch[0])?;
     let ctx = Ctx {
         config,
+        plan,
         temb,
         context,
     };
@@ -76,19 +78,10 @@ pub fn build(config: &UNetConfig, w: &mut Weights, weight_type: WeightType) -> R
     for (i, kind) in config.down_block_types.iter().enumerate() {
         let p = format!("down_blocks.{i}");
         let cross = kind.starts_with("CrossAttn");
-        for j in 0..plan.layers[i] as usize {
+        for j in 0..ctx.plan.layers[i] as usize {
             x = resnet(&mut g, w, &ctx, &x, &format!("{p}.resnets.{j}"))?;
             if cross {
-                x = transformer(
-                    &mut g,
-                    w,
-                    &ctx,
-                    &x,
-                    &format!("{p}.attentions.{j}"),
-                    ch[i],
-                    plan.heads[i] as usize,
-                    plan.transformer_layers[i] as usize,
-                )?;
+                x = transformer(&mut g, w, &ctx, &x, &format!("{p}.attentions.{j}"), i)?;
             }
             skips.push(x.clone());
         }
@@ -105,23 +98,14 @@ pub fn build(config: &UNetConfig, w: &mut Weights, weight_type: WeightType) -> R
     }
 
     x = resnet(&mut g, w, &ctx, &x, "mid_block.resnets.0")?;
-    x = transformer(
-        &mut g,
-        w,
-        &ctx,
-        &x,
-        "mid_block.attentions.0",
-        ch[n - 1],
-        plan.heads[n - 1] as usize,
-        plan.transformer_layers[n - 1] as usize,
-    )?;
+    x = transformer(&mut g, w, &ctx, &x, "mid_block.attentions.0", n - 1)?;
     x = resnet(&mut g, w, &ctx, &x, "mid_block.resnets.1")?;
 
     for (i, kind) in config.up_block_types.iter().enumerate() {
         let r = n - 1 - i;
         let p = format!("up_blocks.{i}");
         let cross = kind.starts_with("CrossAttn");
-        let layers = plan.layers[r] as usize + 1;
+        let layers = ctx.plan.layers[r] as usize + 1;
         for j in 0..layers {
             let skip = skips
                 .pop()
@@ -129,16 +113,7 @@ pub fn build(config: &UNetConfig, w: &mut Weights, weight_type: WeightType) -> R
             x = g.concat(&[&x, &skip], 1);
             x = resnet(&mut g, w, &ctx, &x, &format!("{p}.resnets.{j}"))?;
             if cross {
-                x = transformer(
-                    &mut g,
-                    w,
-                    &ctx,
-                    &x,
-                    &format!("{p}.attentions.{j}"),
-                    ch[r],
-                    plan.heads[r] as usize,
-                    plan.transformer_layers[r] as usize,
-                )?;
+                x = transformer(&mut g, w, &ctx, &x, &format!("{p}.attentions.{j}"), r)?;
             }
         }
         if i + 1 < n {
@@ -149,16 +124,15 @@ pub fn build(config: &UNetConfig, w: &mut Weights, weight_type: WeightType) -> R
         }
     }
 
-    let h = blocks::group_norm(
+    let out = blocks::norm_silu_conv(
         &mut g,
         w,
         &x,
         "conv_norm_out",
+        "conv_out",
         config.norm_num_groups as usize,
         config.norm_eps,
     )?;
-    let h = g.silu(&h);
-    let out = blocks::conv3(&mut g, w, &h, "conv_out")?;
     let out = g.cast_f32(&out);
     g.output(
         &out,
@@ -222,19 +196,20 @@ fn resnet(g: &mut Graph, w: &mut Weights, ctx: &Ctx, x: &str, name: &str) -> Res
     )
 }
 
-/// `Transformer2DModel` at `name`: GroupNorm, projection in (linear or 1×1 conv), the
+/// `Transformer2DModel` at `name` in the level of down block `block` (whose width, heads and
+/// depth it takes): GroupNorm, projection in (linear or 1×1 conv), the
 /// `BasicTransformerBlock`s, projection out, residual.
-#[allow(clippy::too_many_arguments)]
 fn transformer(
     g: &mut Graph,
     w: &mut Weights,
     ctx: &Ctx,
     x: &str,
     name: &str,
-    channels: usize,
-    heads: usize,
-    layers: usize,
+    block: usize,
 ) -> Result<String> {
+    let channels = ctx.config.block_out_channels[block] as usize;
+    let heads = ctx.plan.heads[block] as usize;
+    let layers = ctx.plan.transformer_layers[block] as usize;
     g.push(name);
     let c = channels as i64;
     let shape = g.shape(x);

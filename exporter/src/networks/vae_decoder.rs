@@ -81,9 +81,15 @@ pub fn build(config: &VaeConfig, w: &mut Weights, weight_type: WeightType) -> Re
             x = blocks::upsample(&mut g, w, &x, &format!("{p}.upsamplers.0"), None)?;
         }
     }
-    let h = blocks::group_norm(&mut g, w, &x, "decoder.conv_norm_out", groups, EPS)?;
-    let h = g.silu(&h);
-    let out = blocks::conv3(&mut g, w, &h, "decoder.conv_out")?;
+    let out = blocks::norm_silu_conv(
+        &mut g,
+        w,
+        &x,
+        "decoder.conv_norm_out",
+        "decoder.conv_out",
+        groups,
+        EPS,
+    )?;
     let out = g.cast_f32(&out);
     g.output(
         &out,
