@@ -16,12 +16,7 @@ use sha2::{Digest, Sha256};
 /// `model` (transformers). Without a variant the plain file is preferred and an fp16 one is used
 /// when it is all there is. Pickle `.bin` files are refused with a conversion hint.
 pub fn weight_files(dir: &Path, base: &str, variant: Option<&str>) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        bail!(
-            "{} not found: expected a model folder with config.json and safetensors weights (inside a diffusers model: unet/, vae/, text_encoder/)",
-            dir.display()
-        );
-    }
+    check_component_dir(dir)?;
     let mut candidates = Vec::new();
     if let Some(v) = variant {
         candidates.push(format!("{base}.{v}.safetensors"));
@@ -60,6 +55,17 @@ pub fn weight_files(dir: &Path, base: &str, variant: Option<&str>) -> Result<Vec
         dir.display(),
         candidates.join(", ")
     )
+}
+
+/// Fails with a hint unless `dir` is a folder (a component such as `unet/`).
+pub fn check_component_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "{} not found: expected a model folder with config.json and safetensors weights (inside a diffusers model: unet/, vae/, text_encoder/)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {

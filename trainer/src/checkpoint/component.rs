@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::{load_strict, read_tensors, shown};
@@ -43,12 +43,7 @@ pub struct Loaded<M> {
 impl Component {
     /// A component folder, checked to exist.
     pub fn open(dir: &Path, weights_name: &'static str) -> Result<Self> {
-        if !dir.is_dir() {
-            bail!(
-                "{} not found: expected a model folder with config.json and safetensors weights (inside a diffusers model: unet/, vae/, text_encoder/)",
-                shown(dir)
-            );
-        }
+        runtime::model_files::check_component_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             weights_name,
