@@ -18,6 +18,7 @@ use runtime::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
 use runtime::{ClipTokenizer, SchedulerConfig};
 
 use crate::cli::BakeArgs;
+use crate::networks::pipeline::{self, PipelineSpec};
 use crate::networks::{clip_text, unet, vae_decoder};
 use crate::onnx::model_file::{write_model, ExternalData, PROTOBUF_LIMIT};
 use crate::onnx::{Array, Graph, WeightType};
@@ -153,6 +154,39 @@ fn check_same_architecture(run_unet: &Weights, base_unet: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where built graphs go: written one by one as the split networks, or kept for the fused
+/// pipeline.
+struct Output<'a> {
+    dir: &'a Path,
+    external: ExternalData,
+    metadata: &'a [(String, String)],
+    fused: bool,
+    kept: Vec<Graph>,
+    networks: BTreeMap<String, Network>,
+}
+
+impl Output<'_> {
+    /// Writes `graph` as `<role>.onnx` (or keeps it for the pipeline) and reports it.
+    fn emit(&mut self, role: &str, graph: Graph, note: &str, started: Instant) -> Result<()> {
+        let parameters = graph.parameters();
+        let what = if self.fused {
+            self.kept.push(graph);
+            format!("{role} (for pipeline.onnx)")
+        } else {
+            let file = format!("{role}.onnx");
+            let entry = write_network(graph, self.dir, &file, self.external, self.metadata)?;
+            self.networks.insert(role.to_string(), entry);
+            file
+        };
+        println!(
+            "{what}: {:.1} M parameters{note}, {:.1} s",
+            parameters as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
 /// Writes one graph and returns its manifest entry.
 fn write_network(
     graph: Graph,
@@ -234,12 +268,22 @@ pub fn run(args: &BakeArgs) -> Result<()> {
     let scheduler_path = base.join("scheduler").join("scheduler_config.json");
     let scheduler_text = std::fs::read_to_string(&scheduler_path)
         .with_context(|| format!("cannot read {}", scheduler_path.display()))?;
-    SchedulerConfig::from_json(&scheduler_text).with_context(|| {
+    let scheduler = SchedulerConfig::from_json(&scheduler_text).with_context(|| {
         format!(
             "{}: not a scheduler this runtime drives",
             scheduler_path.display()
         )
     })?;
+    if args.fused {
+        if let Some(r) = run.as_ref().filter(|r| !r.one_step) {
+            bail!(
+                "--fused builds the one-step student's unguided sampler, but this {} run trained {}, which samples with classifier-free guidance: bake it without --fused",
+                r.method,
+                r.model
+            );
+        }
+        pipeline::check_schedule(&scheduler, &steps)?;
+    }
 
     let staging = Staging::new(&args.out, args.force)?;
     let dir = staging.tmp.clone();
@@ -247,8 +291,14 @@ pub fn run(args: &BakeArgs) -> Result<()> {
     if let Some(r) = &run {
         metadata.push(("echodistill.method".into(), r.method.clone()));
     }
-    let mut networks = BTreeMap::new();
-    let external = args.external_data;
+    let mut output = Output {
+        dir: &dir,
+        external: args.external_data,
+        metadata: &metadata,
+        fused: args.fused,
+        kept: Vec::new(),
+        networks: BTreeMap::new(),
+    };
 
     // The text encoder, with the run's token rows.
     let t = Instant::now();
@@ -263,14 +313,8 @@ pub fn run(args: &BakeArgs) -> Result<()> {
     let graph = clip_text::build(&te_config, &mut te, rows.as_ref(), weight_type)
         .with_context(|| format!("building the text encoder from {}", te_dir.display()))?;
     drop(te);
-    let entry = write_network(graph, &dir, "text_encoder.onnx", external, &metadata)?;
-    println!(
-        "text_encoder.onnx: {:.1} M parameters, {} added tokens, {:.1} s",
-        entry.parameters as f64 / 1e6,
-        rows.as_ref().map_or(0, |r| r.shape[0]),
-        t.elapsed().as_secs_f64()
-    );
-    networks.insert("text_encoder".to_string(), entry);
+    let note = format!(", {} added tokens", rows.as_ref().map_or(0, |r| r.shape[0]));
+    output.emit("text_encoder", graph, &note, t)?;
 
     // The UNet, with the run's change folded in.
     let t = Instant::now();
@@ -293,17 +337,11 @@ pub fn run(args: &BakeArgs) -> Result<()> {
     let graph = unet::build(&unet_config, &mut uw, weight_type)
         .with_context(|| format!("building the UNet from {}", unet_dir.display()))?;
     drop(uw);
-    let entry = write_network(graph, &dir, "unet.onnx", external, &metadata)?;
-    println!(
-        "unet.onnx: {:.1} M parameters{}, {:.1} s",
-        entry.parameters as f64 / 1e6,
-        match &run {
-            Some(r) => format!(", {} weights folded in", r.method),
-            None => String::new(),
-        },
-        t.elapsed().as_secs_f64()
-    );
-    networks.insert("unet".to_string(), entry);
+    let note = match &run {
+        Some(r) => format!(", {} weights folded in", r.method),
+        None => String::new(),
+    };
+    output.emit("unet", graph, &note, t)?;
 
     // The VAE decoder.
     let t = Instant::now();
@@ -312,13 +350,39 @@ pub fn run(args: &BakeArgs) -> Result<()> {
     let graph = vae_decoder::build(&vae_config, &mut vw, weight_type)
         .with_context(|| format!("building the VAE decoder from {}", vae_dir.display()))?;
     drop(vw);
-    let entry = write_network(graph, &dir, "vae_decoder.onnx", external, &metadata)?;
-    println!(
-        "vae_decoder.onnx: {:.1} M parameters, {:.1} s",
-        entry.parameters as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
-    networks.insert("vae_decoder".to_string(), entry);
+    output.emit("vae_decoder", graph, "", t)?;
+
+    // The fused pipeline, from the three graphs just built.
+    let mut networks = std::mem::take(&mut output.networks);
+    if args.fused {
+        let t = Instant::now();
+        let mut kept = std::mem::take(&mut output.kept).into_iter();
+        let (Some(text_encoder), Some(unet), Some(vae_decoder)) =
+            (kept.next(), kept.next(), kept.next())
+        else {
+            unreachable!("the three networks were kept in order");
+        };
+        let spec = PipelineSpec {
+            scheduler: &scheduler,
+            steps: &steps,
+            latent_channels: vae_config.latent_channels,
+            scaling_factor: vae_config.scaling_factor,
+        };
+        let nets = pipeline::Networks {
+            text_encoder,
+            unet,
+            vae_decoder,
+        };
+        let graph = pipeline::build(nets, &spec, weight_type)?;
+        let entry = write_network(graph, &dir, "pipeline.onnx", args.external_data, &metadata)?;
+        println!(
+            "pipeline.onnx: text encoder, {} UNet pass(es) for {:?} step(s), VAE decoder, {:.1} s",
+            steps.iter().sum::<u32>(),
+            steps,
+            t.elapsed().as_secs_f64()
+        );
+        networks.insert("pipeline".to_string(), entry);
+    }
 
     // Tokenizer and scheduler.
     let tokenizer = match &run {

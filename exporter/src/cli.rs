@@ -60,6 +60,12 @@ pub struct BakeArgs {
     /// `<file>_data` file beside it, or never (refusing a model too big for that).
     #[arg(long, value_enum, default_value_t = ExternalData::Auto)]
     pub external_data: ExternalData,
+    /// Write one `pipeline.onnx` (token ids + noise + step count in, RGB image out: text
+    /// encoder, the UNet unrolled per step with the sampler's math, VAE scaling and decoder,
+    /// [0, 255] conversion) instead of the three networks. For the one-step student's unguided,
+    /// deterministic sampling.
+    #[arg(long, conflicts_with = "patch")]
+    pub fused: bool,
     /// Replace MODEL_DIR (or the --patch output file) if it exists.
     #[arg(long)]
     pub force: bool,

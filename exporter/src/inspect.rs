@@ -4,12 +4,23 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use onnx_protobuf::{tensor_proto::DataType, ModelProto, ValueInfoProto};
+use onnx_protobuf::{tensor_proto::DataType, GraphProto, ModelProto, ValueInfoProto};
 use protobuf::Enum;
 use runtime::manifest::Manifest;
 
 use crate::cli::InspectArgs;
 use crate::onnx::model_file::{external_files, read_model};
+
+/// Nodes of `g` and of the graphs in its nodes' attributes (`If` branches).
+fn count_nodes(g: &GraphProto) -> usize {
+    g.node.len()
+        + g.node
+            .iter()
+            .flat_map(|n| &n.attribute)
+            .filter_map(|a| a.g.as_ref())
+            .map(count_nodes)
+            .sum::<usize>()
+}
 
 fn type_name(elem: i32) -> String {
     DataType::from_i32(elem)
@@ -68,8 +79,8 @@ fn show_model(path: &Path) -> Result<()> {
     );
     let g = &model.graph;
     println!(
-        "  {} nodes, {} initializers, {:.2} M parameters",
-        g.node.len(),
+        "  {} nodes (subgraphs included), {} initializers, {:.2} M parameters",
+        count_nodes(g),
         g.initializer.len(),
         parameters(&model) as f64 / 1e6
     );

@@ -33,7 +33,18 @@ fn normal(shape: &[i64], seed: u64) -> Tensor {
 
 /// A finished tiny run of `method` (2 iterations, rates raised so the weights move).
 fn tiny_run(dir: &Path, student: &Path, teacher: &Path, method: &str) -> std::path::PathBuf {
-    let out = dir.join(format!("run-{method}"));
+    tiny_run_with(dir, student, teacher, method, &[])
+}
+
+/// [`tiny_run`] with more config overrides.
+fn tiny_run_with(
+    dir: &Path,
+    student: &Path,
+    teacher: &Path,
+    method: &str,
+    more: &[&str],
+) -> std::path::PathBuf {
+    let out = dir.join(format!("run-{method}{}", more.join("-")));
     let concept = format!(
         "concepts=[{{images: '{}', token: '<new1>', class: dog}}]",
         dreambench("dog").display()
@@ -48,6 +59,7 @@ fn tiny_run(dir: &Path, student: &Path, teacher: &Path, method: &str) -> std::pa
         "baseline.lr=1e-2",
         "baseline.token_lr=1e-1",
     ];
+    let extra: Vec<&str> = extra.iter().chain(more).copied().collect();
     let config = FitConfig::load(None, &overrides(student, teacher, &extra)).unwrap();
     run_quiet(config, &out);
     out
@@ -238,6 +250,200 @@ fn half_precision_bakes_match_within_a_percent_and_inspect_checks_hashes() {
     fs::write(&vocab, bytes).unwrap();
     let out = run_binary("exporter", &["inspect", model.to_str().unwrap()]);
     assert_refused(&out, "tokenizer/vocab.json");
+}
+
+/// Runs `pipeline.onnx` through the script for `steps`; returns `image_<k>` (batch, h, w, 3).
+fn run_pipeline(model: &Path, cases: &Path, out: &Path, steps: &[u32]) -> Vec<Tensor> {
+    let mut cmd = Command::new(reference_python());
+    cmd.arg(workspace_root().join("tests/scripts/run_onnx_pipeline.py"))
+        .arg(model)
+        .arg(cases)
+        .arg(out)
+        .args(steps.iter().map(u32::to_string));
+    let result = cmd.output().expect("run the reference python");
+    assert!(
+        result.status.success(),
+        "run_onnx_pipeline.py failed on {}:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(
+        report["inputs"],
+        serde_json::json!(["input_ids", "noise", "steps"])
+    );
+    assert_eq!(report["outputs"], serde_json::json!(["image"]));
+    let images: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(out).unwrap().into_iter().collect();
+    steps
+        .iter()
+        .map(|k| images[&format!("image_{k}")].shallow_clone())
+        .collect()
+}
+
+/// `trainer sample` of the run's student with a noise file, as (h, w, 3) bytes.
+fn trainer_sample(run: &Path, prompt: &str, noise: &Path, steps: u32, png: &Path) -> Tensor {
+    let out = run_binary(
+        "trainer",
+        &[
+            "sample",
+            "--run",
+            run.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--noise",
+            noise.to_str().unwrap(),
+            "--steps",
+            &steps.to_string(),
+            "--out",
+            png.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out);
+    let image = image::open(png).unwrap().to_rgb8();
+    let (w, h) = image.dimensions();
+    Tensor::from_slice(image.as_raw()).view([h as i64, w as i64, 3])
+}
+
+/// The fused pipeline is the student's sampler: for 1, 2 and 4 steps and a batch of two
+/// prompts, its bytes equal `trainer sample --noise` (the same noise, one prompt at a time).
+/// Bound, f32: no byte differs by more than 1 and at most 0.5% differ at all (the networks agree
+/// to ~1e-5, so only values within that of a rounding boundary flip; measured 99.99%). f16: no
+/// byte differs by more than 2 and 99% are within 1 (measured: max 1, ~97% exact).
+#[test]
+fn fused_pipeline_reproduces_trainer_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, teacher) = tiny_models(dir.path());
+    let run = tiny_run(dir.path(), &student, &teacher, "echodistill");
+    let prompts = ["a <new1> dog on the beach", "a photo of a <new1> dog"];
+    let noise = normal(&[2, 4, 8, 8], 11);
+    let noise_files: Vec<_> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("noise-{i}.safetensors"));
+            Tensor::write_safetensors(&[("noise", noise.narrow(0, i, 1).contiguous())], &path)
+                .unwrap();
+            path
+        })
+        .collect();
+    let steps = [1u32, 2, 4];
+    let expected: Vec<Vec<Tensor>> = steps
+        .iter()
+        .map(|&k| {
+            (0..2)
+                .map(|i| {
+                    let png = dir.path().join(format!("sample-{k}-{i}.png"));
+                    trainer_sample(&run, prompts[i], &noise_files[i], k, &png)
+                })
+                .collect()
+        })
+        .collect();
+
+    // f32 inline, f16 with its weights in external data.
+    for (dtype, external, max_diff, close_share) in
+        [("f32", "auto", 1, 0.995), ("f16", "always", 2, 0.99)]
+    {
+        let model = dir.path().join(format!("fused-{dtype}"));
+        let stdout = assert_ok(&bake(&[
+            "--base",
+            student.to_str().unwrap(),
+            "--run",
+            run.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--fused",
+            "--dtype",
+            dtype,
+            "--external-data",
+            external,
+        ]));
+        assert!(stdout.contains("pipeline.onnx"), "{stdout}");
+        let manifest = Manifest::read(&model).unwrap();
+        assert_eq!(
+            manifest.networks.keys().collect::<Vec<_>>(),
+            ["pipeline"],
+            "--fused writes the pipeline instead of the three networks"
+        );
+        assert_eq!(
+            manifest.networks["pipeline"].external_data.is_some(),
+            external == "always"
+        );
+        assert!(manifest.verify(&model).is_empty());
+        let text = assert_ok(&run_binary(
+            "exporter",
+            &["inspect", model.to_str().unwrap()],
+        ));
+        assert!(text.contains("input  steps int64[]"), "{text}");
+        assert!(
+            text.contains("output image uint8[batch, height, width, 3]"),
+            "{text}"
+        );
+        // Token ids from the baked tokenizer, as a consumer computes them.
+        let tokenizer = runtime::ClipTokenizer::from_dir(&model.join("tokenizer")).unwrap();
+        let ids = token_ids(&tokenizer, &prompts, Device::Cpu);
+        let cases = dir
+            .path()
+            .join(format!("pipeline-cases-{dtype}.safetensors"));
+        Tensor::write_safetensors(
+            &[("input_ids", ids), ("noise", noise.shallow_clone())],
+            &cases,
+        )
+        .unwrap();
+        let out = dir.path().join(format!("pipeline-out-{dtype}.safetensors"));
+        let images = run_pipeline(&model, &cases, &out, &steps);
+        for (s, (image, want)) in images.iter().zip(&expected).enumerate() {
+            assert_eq!(image.size(), [2, 64, 64, 3]);
+            assert_eq!(image.kind(), Kind::Uint8);
+            for (i, want) in want.iter().enumerate() {
+                let diff = (image.get(i as i64).to_kind(Kind::Int) - want.to_kind(Kind::Int)).abs();
+                let worst = diff.max().int64_value(&[]);
+                let within = diff
+                    .le(1)
+                    .to_kind(Kind::Float)
+                    .mean(Kind::Float)
+                    .double_value(&[]);
+                let exact = diff
+                    .eq(0)
+                    .to_kind(Kind::Float)
+                    .mean(Kind::Float)
+                    .double_value(&[]);
+                eprintln!(
+                    "{dtype} {} step(s), prompt {i}: max byte difference {worst}, {:.2}% exact, {:.2}% within 1",
+                    steps[s],
+                    exact * 100.0,
+                    within * 100.0
+                );
+                assert!(worst <= max_diff, "{dtype} {} steps: {worst}", steps[s]);
+                if dtype == "f32" {
+                    assert!(exact >= close_share, "{dtype}: {exact} exact");
+                } else {
+                    assert!(within >= close_share, "{dtype}: {within} within 1");
+                    // Half precision really is in the file.
+                    assert!(exact < 1.0, "f16 bytes all equal those of f32");
+                }
+            }
+        }
+    }
+
+    // A teacher run samples with guidance over many steps: not what the pipeline fuses.
+    let teacher_run = tiny_run_with(
+        dir.path(),
+        &student,
+        &teacher,
+        "custom-diffusion",
+        &["baseline.model=teacher"],
+    );
+    let model = dir.path().join("fused-teacher");
+    let out = bake(&[
+        "--base",
+        teacher.to_str().unwrap(),
+        "--run",
+        teacher_run.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--fused",
+    ]);
+    assert_refused(&out, "bake it without --fused");
+    assert!(!model.exists());
 }
 
 #[test]

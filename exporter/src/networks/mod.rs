@@ -4,9 +4,11 @@
 //! - [`unet`]: the denoising UNet (learned K/V, DreamBooth weights or merged LoRA included);
 //! - [`vae_decoder`]: the VAE decoder;
 //!
-//! built from the shared pieces in [`blocks`].
+//! built from the shared pieces in [`blocks`]; and [`pipeline`], the three fused with the
+//! sampler's step math into one text-to-image graph (`exporter bake --fused`).
 
 pub mod blocks;
 pub mod clip_text;
+pub mod pipeline;
 pub mod unet;
 pub mod vae_decoder;

@@ -3,11 +3,11 @@
 //! weight dtype; graph inputs and outputs stay f32 whatever that dtype is, so a consumer's code
 //! does not change between an f32 and an f16 bake.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 use super::Array;
@@ -118,6 +118,16 @@ fn attr_string(name: &str, value: &str) -> AttributeProto {
     }
 }
 
+/// A graph attribute (the branches of `If`).
+pub fn attr_graph(name: &str, graph: GraphProto) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::GRAPH.into(),
+        g: Some(graph).into(),
+        ..Default::default()
+    }
+}
+
 /// A tensor-typed value description.
 pub fn value_info(name: &str, data_type: DataType, dims: &[Dim]) -> ValueInfoProto {
     let shape = TensorShapeProto {
@@ -172,6 +182,85 @@ impl Graph {
             counter: 0,
             constants: HashMap::new(),
             scope: Vec::new(),
+        }
+    }
+
+    /// Copies the nodes of `sub` (a whole network built on its own) into this graph, feeding
+    /// its inputs from `inputs` (in order), and returns the names its outputs have here.
+    /// Values are renamed under `scope/`, so one network can be inlined several times (a UNet
+    /// per denoising step); its initializers are referred to as `weight_prefix` + their name and
+    /// must be moved in once with [`Graph::adopt_weights`].
+    pub fn inline(
+        &mut self,
+        sub: &Graph,
+        scope: &str,
+        weight_prefix: &str,
+        inputs: &[&str],
+    ) -> Vec<String> {
+        assert_eq!(
+            sub.inputs.len(),
+            inputs.len(),
+            "{} takes {} inputs",
+            sub.name,
+            sub.inputs.len()
+        );
+        let fed: HashMap<&str, &str> = sub
+            .inputs
+            .iter()
+            .map(|v| v.name.as_str())
+            .zip(inputs.iter().copied())
+            .collect();
+        let weights: HashSet<&str> = sub.initializers.iter().map(|i| i.name.as_str()).collect();
+        let rename = |v: &str| -> String {
+            if v.is_empty() {
+                String::new()
+            } else if let Some(outer) = fed.get(v) {
+                outer.to_string()
+            } else if weights.contains(v) {
+                format!("{weight_prefix}{v}")
+            } else {
+                format!("{scope}/{v}")
+            }
+        };
+        for node in &sub.nodes {
+            let mut node = node.clone();
+            node.name = format!("{scope}/{}", node.name);
+            node.input = node.input.iter().map(|v| rename(v)).collect();
+            node.output = node.output.iter().map(|v| rename(v)).collect();
+            self.nodes.push(node);
+        }
+        sub.outputs.iter().map(|v| rename(&v.name)).collect()
+    }
+
+    /// Moves the initializers of `sub` into this graph under `weight_prefix` (see
+    /// [`Graph::inline`]).
+    pub fn adopt_weights(&mut self, sub: Graph, weight_prefix: &str) {
+        self.initializers
+            .extend(sub.initializers.into_iter().map(|mut init| {
+                init.name = format!("{weight_prefix}{}", init.name);
+                init
+            }));
+    }
+
+    /// An empty graph for a control-flow branch of this one. Its values are numbered after
+    /// this graph's, so names stay unique across the model; close it with
+    /// [`Graph::close_branch`] before building the next.
+    pub fn branch(&self, name: &str) -> Graph {
+        let mut b = Graph::new(name, self.weight_type);
+        b.counter = self.counter;
+        b
+    }
+
+    /// Ends a branch: its constants move to this graph (the outer scope, which the branch may
+    /// read), and its nodes and outputs become the body of an `If` attribute.
+    pub fn close_branch(&mut self, branch: Graph) -> GraphProto {
+        self.counter = branch.counter;
+        self.initializers.extend(branch.initializers);
+        GraphProto {
+            name: branch.name,
+            node: branch.nodes,
+            output: branch.outputs,
+            ..Default::default()
         }
     }
 
@@ -271,6 +360,19 @@ impl Graph {
     pub fn ints(&mut self, values: &[i64]) -> String {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.constant(&[values.len() as i64], DataType::INT64, bytes)
+    }
+
+    /// An int64 scalar constant.
+    pub fn int_scalar(&mut self, value: i64) -> String {
+        self.constant(&[], DataType::INT64, value.to_le_bytes().to_vec())
+    }
+
+    /// Number of weight values (elements of every initializer).
+    pub fn parameters(&self) -> u64 {
+        self.initializers
+            .iter()
+            .map(|i| i.dims.iter().product::<i64>().max(1) as u64)
+            .sum()
     }
 
     /// A scalar in the compute type.
@@ -607,5 +709,65 @@ impl Graph {
         let out = self.matmul(&probs, &vh);
         let out = self.transpose(&out, &[0, 2, 1, 3]);
         self.reshape(&out, &[0, -1, h * d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// y = x·w + 1 as its own graph.
+    fn affine() -> Graph {
+        let mut g = Graph::new("affine", WeightType::F32);
+        let x = g.input("x", DataType::FLOAT, &[Dim::Fixed(2)]);
+        let w = g.weight("w", &Array::new(vec![2], vec![2.0, 3.0]));
+        let one = g.scalar(1.0);
+        let y = g.mul(&x, &w);
+        let y = g.add(&y, &one);
+        g.output(&y, "y", DataType::FLOAT, &[Dim::Fixed(2)]);
+        g
+    }
+
+    #[test]
+    fn a_network_inlined_twice_shares_its_weights_and_keeps_values_apart() {
+        let sub = affine();
+        let mut g = Graph::new("outer", WeightType::F32);
+        let x = g.input("x", DataType::FLOAT, &[Dim::Fixed(2)]);
+        let first = g.inline(&sub, "a", "net.", &[&x]);
+        let second = g.inline(&sub, "b", "net.", &[&first[0]]);
+        g.adopt_weights(sub, "net.");
+        assert_eq!((first[0].as_str(), second[0].as_str()), ("a/y", "b/y"));
+        // Every value is produced once.
+        let mut produced: Vec<&String> = g.nodes.iter().flat_map(|n| &n.output).collect();
+        let n = produced.len();
+        produced.sort();
+        produced.dedup();
+        assert_eq!(produced.len(), n);
+        // The second copy reads the first's output and the shared weight.
+        let mul_b = g
+            .nodes
+            .iter()
+            .find(|n| n.op_type == "Mul" && n.name.starts_with("b/"))
+            .unwrap();
+        assert_eq!(mul_b.input, ["a/y", "net.w"]);
+        let names: Vec<&str> = g.initializers.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&"net.w"));
+        assert_eq!(g.parameters(), 3);
+    }
+
+    #[test]
+    fn branches_number_their_values_after_the_outer_graph() {
+        let mut g = Graph::new("outer", WeightType::F32);
+        let a = g.scalar(1.0);
+        let mut b = g.branch("then");
+        let c = b.scalar(2.0);
+        b.output(&c, "out", DataType::FLOAT, &[]);
+        let body = g.close_branch(b);
+        let d = g.scalar(3.0);
+        assert_eq!(body.output.len(), 1);
+        let names: Vec<&str> = g.initializers.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, [a.as_str(), c.as_str(), d.as_str()]);
+        assert!(a != c && c != d && a != d);
     }
 }
