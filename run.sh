@@ -24,6 +24,8 @@ LIBTORCH_ROOT="$CACHE/libtorch-$TORCH_VERSION"
 PYENV="$CACHE/pyenv-transformers-$TRANSFORMERS_VERSION"
 CLIP_TOKENIZER="$CACHE/clip-tokenizer"
 GOLDENS_ENV="$CACHE/pyenv-goldens"
+ORT_ROOT="$CACHE/onnxruntime-$ONNXRUNTIME_VERSION"
+ORT_LIB="$ORT_ROOT/lib/libonnxruntime.so.$ONNXRUNTIME_VERSION"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -87,6 +89,22 @@ setup_python() {
         "onnx==$ONNX_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION" numpy safetensors
 }
 
+setup_onnxruntime() {
+    if [[ -f "$ORT_ROOT/.complete" ]]; then
+        say "onnxruntime $ONNXRUNTIME_VERSION library present at $ORT_LIB"
+        return
+    fi
+    say "extracting libonnxruntime.so $ONNXRUNTIME_VERSION from the PyPI onnxruntime wheel into $ORT_ROOT (about 30 MB)"
+    local tmp="$CACHE/tmp-onnxruntime"
+    rm -rf "$tmp" "$ORT_ROOT"
+    mkdir -p "$tmp/wheels" "$tmp/root/lib"
+    pip_download "$tmp/wheels" "onnxruntime==$ONNXRUNTIME_VERSION"
+    unzip -q -j "$tmp"/wheels/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION" -d "$tmp/root/lib"
+    touch "$tmp/root/.complete"
+    mv "$tmp/root" "$ORT_ROOT"
+    rm -rf "$tmp"
+}
+
 setup_clip_vocab() {
     if [[ -f "$CLIP_TOKENIZER/.complete" ]]; then
         say "CLIP tokenizer present at $CLIP_TOKENIZER"
@@ -117,6 +135,7 @@ setup() {
     mkdir -p "$CACHE"
     setup_libtorch
     setup_python
+    setup_onnxruntime
     setup_clip_vocab
     setup_rust
 }
@@ -127,6 +146,7 @@ export_env() {
     export ECHODISTILL_CACHE="$CACHE"
     export ECHODISTILL_CLIP_TOKENIZER="$CLIP_TOKENIZER"
     export ECHODISTILL_PYTHON="$PYENV/bin/python"
+    export ORT_DYLIB_PATH="$ORT_LIB"
     export ECHODISTILL_DREAMBENCH="${ECHODISTILL_DREAMBENCH:-$ROOT/../shared/datasets/dreambooth}"
 }
 
@@ -259,7 +279,7 @@ case "${1:-}" in
     goldens) setup; export_env; goldens ;;
     env)
         export_env
-        for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON ECHODISTILL_DREAMBENCH; do
+        for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON ECHODISTILL_DREAMBENCH ORT_DYLIB_PATH; do
             printf 'export %s=%q\n' "$v" "${!v}"
         done
         ;;

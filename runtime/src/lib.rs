@@ -19,6 +19,7 @@ pub mod image_tensor;
 pub mod manifest;
 pub mod model_config;
 pub mod model_files;
+pub mod noise_file;
 pub mod rng;
 pub mod scheduler;
 pub mod tokenizer;

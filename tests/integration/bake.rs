@@ -32,7 +32,7 @@ fn normal(shape: &[i64], seed: u64) -> Tensor {
 }
 
 /// A finished tiny run of `method` (2 iterations, rates raised so the weights move).
-fn tiny_run(dir: &Path, student: &Path, teacher: &Path, method: &str) -> std::path::PathBuf {
+pub fn tiny_run(dir: &Path, student: &Path, teacher: &Path, method: &str) -> std::path::PathBuf {
     tiny_run_with(dir, student, teacher, method, &[])
 }
 
@@ -71,7 +71,7 @@ fn bake(args: &[&str]) -> Output {
     run_binary("exporter", &all)
 }
 
-fn assert_ok(out: &Output) -> String {
+pub fn assert_ok(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

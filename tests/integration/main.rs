@@ -11,6 +11,8 @@ mod fit_safety;
 mod init_tiny;
 mod losses;
 mod model_parity;
+mod runtime_generate;
+mod runtime_serve;
 mod sample_errors;
 mod scheduler_parity;
 mod tokenizer_parity;
