@@ -152,8 +152,8 @@ export_env() {
 
 demo() {
     cd "$ROOT"
-    say "building trainer and exporter (release)"
-    cargo build --release -p trainer -p exporter
+    say "building trainer, exporter and runtime (release)"
+    cargo build --release -p trainer -p exporter -p runtime
     local out="$ROOT/target/demo"
     rm -rf "$out"
     mkdir -p "$out"
@@ -193,13 +193,22 @@ demo() {
     ls "$out/run" "$out/run/samples" "$out/run/diffusers"
     echo "== the trained student, one step, with the learned token"
     "$trainer" sample --run "$out/run" --prompt 'a <new1> toy on the beach' --seed 0 \
-        --out "$out/run-student-1step.png"
+        --height 96 --width 96 --out "$out/run-student-1step.png"
     "$trainer" sample --run "$out/run" --teacher --steps 25 --guidance 7.5 \
         --prompt 'a <new1> toy on the beach' --seed 0 --out "$out/run-teacher-25step.png"
     echo
     echo "== the run baked into ONNX for the runtime and the web page: the student with its K/V and token"
     ./target/release/exporter bake --base "$out/tiny-student" --run "$out/run" --out "$out/model" --height 96 --width 96
     ./target/release/exporter inspect "$out/model"
+    ./target/release/exporter bake --base "$out/tiny-student" --run "$out/run" --out "$out/model-fused" \
+        --height 96 --width 96 --fused
+    echo
+    echo "== native one-step generation with ONNX Runtime: the split networks, then the fused pipeline"
+    ./target/release/runtime generate --model "$out/model" --prompt 'a <new1> toy on the beach' \
+        --seed 0 --batch 2 --out "$out/runtime/split.png"
+    ./target/release/runtime generate --model "$out/model-fused" --prompt 'a <new1> toy on the beach' \
+        --seed 0 --out "$out/runtime/fused.png"
+    echo "   runtime images: $out/runtime/ (split-0.png is the same picture as run-student-1step.png)"
     echo
     if [[ -f "$ECHODISTILL_DREAMBENCH/dataset/prompts_and_classes.txt" ]]; then
         echo "== DreamBench protocol on the run (own concept: its photos are the references;"
@@ -212,6 +221,8 @@ demo() {
     fi
     echo
     echo "== benchmarks"
+    ./target/release/runtime bench --model "$out/model" --runs 20
+    ./target/release/runtime bench --model "$out/model-fused" --runs 20
     "$trainer" bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
     "$trainer" bench-sample --model "$out/tiny-student" --iters 10
     "$trainer" bench-losses --towers "$out/tiny-student/towers" --iters 5
@@ -224,7 +235,8 @@ demo() {
             --prompts 5 --seeds 0,1 --steps 1
     fi
     echo
-    echo "demo outputs are in $out (open $out/run/report.html and $out/eval/gallery.html)"
+    echo "demo outputs are in $out (open $out/run/report.html and $out/eval/gallery.html;"
+    echo "the runtime's images are in $out/runtime)"
 }
 
 test_all() {

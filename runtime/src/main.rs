@@ -112,6 +112,10 @@ struct BenchArgs {
     /// Timed runs after the first.
     #[arg(long, default_value_t = 10)]
     runs: usize,
+    /// Generate from this noise file instead of seeds (to time against another implementation
+    /// on the same noise); its batch is the run's.
+    #[arg(long, value_name = "FILE", conflicts_with = "batch")]
+    noise: Option<PathBuf>,
 }
 
 /// `PATH` for image `i` of `n`: PATH itself when there is one image, else PATH-i.png.
@@ -223,22 +227,32 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let model = args.model.load()?;
     let load = started.elapsed().as_secs_f64();
     let steps = default_steps(&model, args.steps);
+    let file = args.noise.as_deref().map(NoiseFile::read).transpose()?;
+    let batch = file.as_ref().map_or(args.batch, |f| f.noise.shape[0]);
     let request = |seed: u64| GenerateRequest {
         prompts: vec![args.prompt.clone()],
-        images_per_prompt: args.batch,
-        noise: Noise::Seed(seed),
+        images_per_prompt: batch,
+        noise: match &file {
+            Some(f) => Noise::File(f.clone()),
+            None => Noise::Seed(seed),
+        },
         steps,
     };
     let first = model.generate(&request(0))?.seconds;
     let mut per_image_ms: Vec<f64> = Vec::with_capacity(args.runs);
-    let bar_every = (args.runs / 10).max(1);
+    let bench_started = Instant::now();
     for r in 0..args.runs {
         let g = model.generate(&request(r as u64 + 1))?;
-        per_image_ms.push(g.seconds * 1e3 / args.batch as f64);
-        if (r + 1) % bar_every == 0 {
-            eprintln!("run {}/{}", r + 1, args.runs);
-        }
+        per_image_ms.push(g.seconds * 1e3 / batch as f64);
+        let done = r + 1;
+        let eta = bench_started.elapsed().as_secs_f64() / done as f64 * (args.runs - done) as f64;
+        eprint!(
+            "\rrun {done}/{} ({:.0} ms last, ETA {eta:.0} s)   ",
+            args.runs,
+            g.seconds * 1e3
+        );
     }
+    eprintln!();
     per_image_ms.sort_by(f64::total_cmp);
     let (w, h) = model.image_size();
     println!(
@@ -246,10 +260,18 @@ fn bench(args: &BenchArgs) -> Result<()> {
         model.dir().display(),
         model.manifest().dtype,
         if model.is_fused() { "fused" } else { "split" },
-        args.batch,
+        batch,
         model.provider()
     );
-    println!("session load (hash check included): {:.1} ms", load * 1e3);
+    println!(
+        "session load{}: {:.1} ms",
+        if args.model.no_verify {
+            ""
+        } else {
+            " (hash check included)"
+        },
+        load * 1e3
+    );
     println!("first request: {:.1} ms", first * 1e3);
     println!(
         "steady ms per image over {} run(s): median {:.1}, p95 {:.1}, min {:.1}",
