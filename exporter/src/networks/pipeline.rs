@@ -125,7 +125,7 @@ pub fn build(nets: Networks, spec: &PipelineSpec, weight_type: WeightType) -> Re
     let latents = denoise_chain(&mut g, &outer, spec.steps, &schedules);
 
     // Divided, not multiplied by the inverse, to round as the samplers do.
-    let factor = g.constant_f32(&Array::new(vec![], vec![spec.scaling_factor as f32]));
+    let factor = g.scalar_f32(spec.scaling_factor as f32);
     let z = g.op("Div", &[&latents, &factor], vec![]);
     g.push("vae_decoder");
     let decoded = g.inline(&nets.vae_decoder, "vae_decoder", "vae.", &[&z])[0].clone();
@@ -194,13 +194,12 @@ fn denoise_chain(g: &mut Graph, o: &Outer, counts: &[u32], schedules: &[Schedule
 
 /// `steps` denoising steps from the noise, the UNet inlined once per step.
 fn denoise(g: &mut Graph, o: &Outer, steps: u32, s: &Schedule) -> String {
-    let f32c = |g: &mut Graph, v: f32| g.constant_f32(&Array::new(vec![], vec![v]));
-    let sigma = f32c(g, s.init_sigma);
+    let sigma = g.scalar_f32(s.init_sigma);
     let mut latents = g.mul(o.noise, &sigma);
     for (i, c) in s.coefficients.iter().enumerate() {
         let scope = format!("unet_{steps}_steps_{i}");
         g.push(scope.clone());
-        let scale = f32c(g, s.input_scales[i]);
+        let scale = g.scalar_f32(s.input_scales[i]);
         let x = g.mul(&latents, &scale);
         let t = g.constant_f32(&Array::new(vec![1], vec![s.timesteps[i]]));
         let t = g.op("Expand", &[&t, o.batch], vec![]);
@@ -219,7 +218,7 @@ fn step(g: &mut Graph, c: &StepCoefficients, sample: &str, out: &str) -> String 
             if w == 0.0 {
                 continue;
             }
-            let wc = g.constant_f32(&Array::new(vec![], vec![w]));
+            let wc = g.scalar_f32(w);
             let t = g.mul(v, &wc);
             sum = Some(match sum {
                 None => t,
@@ -227,7 +226,7 @@ fn step(g: &mut Graph, c: &StepCoefficients, sample: &str, out: &str) -> String 
             });
         }
         sum.unwrap_or_else(|| {
-            let zero = g.constant_f32(&Array::new(vec![], vec![0.0]));
+            let zero = g.scalar_f32(0.0);
             g.mul(sample, &zero)
         })
     };
@@ -236,8 +235,7 @@ fn step(g: &mut Graph, c: &StepCoefficients, sample: &str, out: &str) -> String 
         &[(sample, c.pred_x0.sample), (out, c.pred_x0.model_output)],
     );
     if let Some(r) = c.clip_x0 {
-        let lo = g.constant_f32(&Array::new(vec![], vec![-r]));
-        let hi = g.constant_f32(&Array::new(vec![], vec![r]));
+        let (lo, hi) = (g.scalar_f32(-r), g.scalar_f32(r));
         x0 = g.op("Clip", &[&x0, &lo, &hi], vec![]);
     }
     terms(g, &[(&x0, c.x0), (sample, c.sample), (out, c.model_output)])
@@ -247,8 +245,12 @@ fn step(g: &mut Graph, c: &StepCoefficients, sample: &str, out: &str) -> String 
 /// `runtime::image_tensor::chw_to_rgb8`: (x/2 + 0.5) clamped to [0, 1], times 255, rounded
 /// half up.
 fn to_rgb8(g: &mut Graph, x: &str) -> String {
-    let f = |g: &mut Graph, v: f32| g.constant_f32(&Array::new(vec![], vec![v]));
-    let (half, zero, one, full) = (f(g, 0.5), f(g, 0.0), f(g, 1.0), f(g, 255.0));
+    let (half, zero, one, full) = (
+        g.scalar_f32(0.5),
+        g.scalar_f32(0.0),
+        g.scalar_f32(1.0),
+        g.scalar_f32(255.0),
+    );
     let y = g.mul(x, &half);
     let y = g.add(&y, &half);
     let y = g.op("Clip", &[&y, &zero, &one], vec![]);

@@ -381,6 +381,11 @@ impl Graph {
         self.constant(&[], data_type, to_bytes(&[value], data_type))
     }
 
+    /// An f32 scalar constant (for math kept in f32 whatever the weight type).
+    pub fn scalar_f32(&mut self, value: f32) -> String {
+        self.constant_f32(&Array::new(vec![], vec![value]))
+    }
+
     /// An f32 constant of any shape.
     pub fn constant_f32(&mut self, array: &Array) -> String {
         self.constant(
@@ -691,7 +696,7 @@ impl Graph {
         let scores = self.matmul(&qh, &kt);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let scale = if upcast {
-            self.constant_f32(&Array::new(vec![], vec![scale]))
+            self.scalar_f32(scale)
         } else {
             self.scalar(scale)
         };
