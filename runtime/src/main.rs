@@ -155,10 +155,6 @@ fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
     result
 }
 
-fn default_steps(model: &Model, steps: Option<u32>) -> u32 {
-    steps.unwrap_or_else(|| model.manifest().steps.first().copied().unwrap_or(1))
-}
-
 fn generate(args: &GenerateArgs) -> Result<()> {
     let ext = args
         .out
@@ -183,7 +179,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         prompts: args.prompt.clone(),
         images_per_prompt: args.batch,
         noise,
-        steps: default_steps(&model, args.steps),
+        steps: args.steps.unwrap_or_else(|| model.default_steps()),
     };
     let generation = model.generate(&request)?;
     for w in &generation.warnings {
@@ -226,7 +222,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let model = args.model.load()?;
     let load = started.elapsed().as_secs_f64();
-    let steps = default_steps(&model, args.steps);
+    let steps = args.steps.unwrap_or_else(|| model.default_steps());
     let file = args.noise.as_deref().map(NoiseFile::read).transpose()?;
     let batch = file.as_ref().map_or(args.batch, |f| f.noise.shape[0]);
     let request = |seed: u64| GenerateRequest {

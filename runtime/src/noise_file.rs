@@ -95,3 +95,24 @@ impl NoiseFile {
         Ok(Self { noise, step_noise })
     }
 }
+
+/// The entry of a `step_noise` tensor with `entries` rows that step `step` of `steps` uses: one
+/// entry per step, or one per step that adds noise (`noisy`, the scheduler's
+/// [`noisy_steps`](crate::Scheduler::noisy_steps)).
+pub fn step_noise_entry(
+    entries: usize,
+    step: usize,
+    steps: usize,
+    noisy: &[usize],
+) -> Result<usize> {
+    if entries == steps {
+        Ok(step)
+    } else if entries == noisy.len() {
+        Ok(noisy.iter().position(|&s| s == step).unwrap_or(0))
+    } else {
+        bail!(
+            "the noise file's `step_noise` has {entries} entries; {steps} steps need {steps} or {}",
+            noisy.len()
+        )
+    }
+}

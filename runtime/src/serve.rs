@@ -216,20 +216,14 @@ fn generate(state: &State, request: &mut Request) -> Reply {
             format!("batch {}: give 1 to {}", body.batch, limits.max_batch),
         );
     }
-    let steps = body
-        .steps
-        .unwrap_or_else(|| state.model.manifest().steps.first().copied().unwrap_or(1));
-    if !state.model.manifest().steps.contains(&steps) {
-        return Reply::error(
-            400,
-            format!(
-                "steps {steps}: this model serves {:?}",
-                state.model.manifest().steps
-            ),
-        );
-    }
-    if body.prompt.trim().is_empty() {
-        return Reply::error(400, "the prompt is empty: say what to draw");
+    let req = GenerateRequest {
+        prompts: vec![body.prompt],
+        images_per_prompt: body.batch,
+        noise: Noise::Seed(body.seed),
+        steps: body.steps.unwrap_or_else(|| state.model.default_steps()),
+    };
+    if let Err(e) = state.model.check_request(&req) {
+        return Reply::error(400, format!("{e:#}"));
     }
     // Take a slot, or refuse at once.
     let taken = state.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -245,12 +239,6 @@ fn generate(state: &State, request: &mut Request) -> Reply {
         reply.headers.push(("Retry-After", "1".into()));
         return reply;
     }
-    let req = GenerateRequest {
-        prompts: vec![body.prompt],
-        images_per_prompt: body.batch,
-        noise: Noise::Seed(body.seed),
-        steps,
-    };
     let result = state.model.generate(&req).and_then(|g| {
         let (w, h, rgb) = strip(&g.images);
         Ok((g, png(w, h, &rgb)?))

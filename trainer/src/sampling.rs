@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use runtime::noise_file::step_noise_entry;
 use runtime::scheduler::config::SchedulerConfigFile;
 use runtime::scheduler::{SchedulerConfig, SchedulerKind, StepCoefficients};
 use runtime::{ClipTokenizer, GaussianRng, Scheduler};
@@ -297,14 +298,7 @@ impl Networks<'_> {
             }
             _ => unreachable!("a seed always makes a generator"),
         };
-        let noisy_steps: Vec<usize> = (0..req.steps)
-            .filter(|&i| {
-                scheduler
-                    .step_coefficients(i)
-                    .map(|c| c.noise != 0.0)
-                    .unwrap_or(false)
-            })
-            .collect();
+        let noisy_steps = scheduler.noisy_steps();
         let step_noise = |i: usize, rng: &mut Option<GaussianRng>| -> Result<Tensor> {
             if let Some(rng) = rng {
                 return Ok(Tensor::from_slice(&rng.normal(numel as usize)).view(shape));
@@ -315,19 +309,7 @@ impl Networks<'_> {
             else {
                 bail!("step {i} adds fresh noise (ancestral sampling) but the noise file has no `step_noise` tensor");
             };
-            let k = steps.size()[0] as usize;
-            let index = if k == req.steps {
-                i
-            } else if k == noisy_steps.len() {
-                noisy_steps.iter().position(|&s| s == i).unwrap_or(0)
-            } else {
-                bail!(
-                    "the noise file's `step_noise` has {k} entries; {} steps need {} or {}",
-                    req.steps,
-                    req.steps,
-                    noisy_steps.len()
-                );
-            };
+            let index = step_noise_entry(steps.size()[0] as usize, i, req.steps, &noisy_steps)?;
             Ok(steps.get(index as i64))
         };
 

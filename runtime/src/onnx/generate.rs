@@ -7,12 +7,12 @@
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use ort::session::Session;
-use ort::value::Tensor;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{PrimitiveTensorElementType, Tensor};
 
 use super::model::{lock, Graphs, Model};
 use crate::image_tensor::chw_to_rgb8;
-use crate::noise_file::NoiseFile;
+use crate::noise_file::{step_noise_entry, NoiseFile};
 use crate::{GaussianRng, Scheduler};
 
 /// Where a generation's noise comes from.
@@ -81,28 +81,30 @@ fn ort_err<R>(e: ort::Error<R>) -> anyhow::Error {
     anyhow!("ONNX Runtime: {e}")
 }
 
-/// Runs `session` on named f32/i64 inputs and returns output `name` as f32 values.
-fn run_f32(
+/// Named inputs of one session run.
+type Inputs = Vec<(&'static str, SessionInputValue<'static>)>;
+
+/// Runs `session` and returns output `name` as (shape, values).
+fn run<T: PrimitiveTensorElementType + Clone>(
     session: &mut Session,
-    inputs: Vec<(&'static str, ort::session::SessionInputValue<'static>)>,
+    inputs: Inputs,
     name: &str,
-) -> Result<(Vec<usize>, Vec<f32>)> {
+) -> Result<(Vec<usize>, Vec<T>)> {
     let inputs: Vec<(std::borrow::Cow<'static, str>, _)> =
         inputs.into_iter().map(|(n, v)| (n.into(), v)).collect();
     let outputs = session.run(inputs).map_err(ort_err)?;
     let value = outputs
         .get(name)
         .with_context(|| format!("the graph has no output {name}"))?;
-    let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort_err)?;
+    let (shape, data) = value.try_extract_tensor::<T>().map_err(ort_err)?;
     Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
 }
 
-fn tensor_f32(shape: &[usize], data: Vec<f32>) -> Result<ort::session::SessionInputValue<'static>> {
-    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    Ok(Tensor::from_array((shape, data)).map_err(ort_err)?.into())
-}
-
-fn tensor_i64(shape: &[usize], data: Vec<i64>) -> Result<ort::session::SessionInputValue<'static>> {
+/// An input tensor of `shape` holding `data`.
+fn tensor<T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+    shape: &[usize],
+    data: Vec<T>,
+) -> Result<SessionInputValue<'static>> {
     let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
     Ok(Tensor::from_array((shape, data)).map_err(ort_err)?.into())
 }
@@ -115,29 +117,38 @@ enum Streams {
 
 impl Model {
     /// Generates the images of `req`.
-    pub fn generate(&self, req: &GenerateRequest) -> Result<Generation> {
-        let started = Instant::now();
-        let m = &self.manifest;
+    /// Checks what a request asks for against this model (prompts present and non-empty, a
+    /// batch, a baked step count) without running anything: what [`Model::generate`] refuses
+    /// first, for callers (a server) that want to tell bad requests from failures early.
+    pub fn check_request(&self, req: &GenerateRequest) -> Result<()> {
         ensure!(!req.prompts.is_empty(), "no prompt given");
         ensure!(
             req.images_per_prompt >= 1,
             "images per prompt must be at least 1"
         );
-        if !m.steps.contains(&req.steps) {
+        let steps = &self.manifest.steps;
+        if !steps.contains(&req.steps) {
             bail!(
-                "{} step(s): {} was baked for {:?} steps (manifest.yaml); bake it with --steps to add more",
+                "steps {}: {} was baked for {steps:?} steps (manifest.yaml); bake it with --steps to add more",
                 req.steps,
-                self.dir.display(),
-                m.steps
+                self.dir.display()
             );
         }
+        if let Some(p) = req.prompts.iter().position(|p| p.trim().is_empty()) {
+            bail!("prompt {p} is empty: say what to draw, e.g. \"a <new1> dog on the beach\"");
+        }
+        Ok(())
+    }
+
+    /// Generates the images of `req`.
+    pub fn generate(&self, req: &GenerateRequest) -> Result<Generation> {
+        let started = Instant::now();
+        self.check_request(req)?;
+        let m = &self.manifest;
         let mut warnings = Vec::new();
         let mut ids = Vec::new();
         let mut prompts = Vec::new();
         for (p, prompt) in req.prompts.iter().enumerate() {
-            if prompt.trim().is_empty() {
-                bail!("prompt {p} is empty: say what to draw, e.g. \"a <new1> dog on the beach\"");
-            }
             let enc = self.tokenizer.encode(prompt);
             if enc.truncated > 0 {
                 warnings.push(format!(
@@ -187,38 +198,30 @@ impl Model {
         };
         let rgb = match &self.graphs {
             Graphs::Fused(pipeline) => {
-                let mut s = lock(pipeline);
                 let inputs = vec![
-                    ("input_ids", tensor_i64(&[n, sequence], ids)?),
+                    ("input_ids", tensor(&[n, sequence], ids)?),
                     (
                         "noise",
-                        tensor_f32(&[n, latent[0], latent[1], latent[2]], initial)?,
+                        tensor(&[n, latent[0], latent[1], latent[2]], initial)?,
                     ),
-                    ("steps", tensor_i64(&[], vec![i64::from(req.steps)])?),
+                    ("steps", tensor(&[], vec![i64::from(req.steps)])?),
                 ];
-                let inputs: Vec<(std::borrow::Cow<'static, str>, _)> =
-                    inputs.into_iter().map(|(k, v)| (k.into(), v)).collect();
-                let outputs = s.run(inputs).map_err(ort_err)?;
-                let value = outputs
-                    .get("image")
-                    .context("the pipeline has no output image")?;
-                let (shape, data) = value.try_extract_tensor::<u8>().map_err(ort_err)?;
-                let want = [n as i64, i64::from(height), i64::from(width), 3];
+                let (shape, data) = run::<u8>(&mut lock(pipeline), inputs, "image")?;
+                let want = [n, height as usize, width as usize, 3];
                 ensure!(
-                    shape[..] == want[..],
-                    "the pipeline returned {:?}, expected {want:?}",
-                    &shape[..]
+                    shape == want,
+                    "the pipeline returned {shape:?}, expected {want:?}"
                 );
-                data.to_vec()
+                data
             }
             Graphs::Split {
                 text_encoder,
                 unet,
                 vae_decoder,
             } => {
-                let (hidden_shape, hidden) = run_f32(
+                let (hidden_shape, hidden) = run::<f32>(
                     &mut lock(text_encoder),
-                    vec![("input_ids", tensor_i64(&[n, sequence], ids)?)],
+                    vec![("input_ids", tensor(&[n, sequence], ids)?)],
                     "last_hidden_state",
                 )?;
                 let latents = self.denoise(
@@ -231,11 +234,11 @@ impl Model {
                 )?;
                 let scaling = m.latent.scaling_factor as f32;
                 let z: Vec<f32> = latents.iter().map(|v| v / scaling).collect();
-                let (shape, sample) = run_f32(
+                let (shape, sample) = run::<f32>(
                     &mut lock(vae_decoder),
                     vec![(
                         "latent_sample",
-                        tensor_f32(&[n, latent[0], latent[1], latent[2]], z)?,
+                        tensor(&[n, latent[0], latent[1], latent[2]], z)?,
                     )],
                     "sample",
                 )?;
@@ -287,20 +290,18 @@ impl Model {
         let mut latents: Vec<f32> = initial.iter().map(|v| v * sigma).collect();
         let n = shape[0];
         let per_image = latents.len() / n;
-        let noisy: Vec<usize> = (0..steps as usize)
-            .filter(|&i| scheduler.step_coefficients(i).is_ok_and(|c| c.noise != 0.0))
-            .collect();
+        let noisy = scheduler.noisy_steps();
         for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
             let scale = scheduler.model_input_scale(i)?;
             let x: Vec<f32> = latents.iter().map(|v| v * scale).collect();
-            let (out_shape, out) = run_f32(
+            let (out_shape, out) = run::<f32>(
                 &mut lock(unet),
                 vec![
-                    ("sample", tensor_f32(&shape, x)?),
-                    ("timestep", tensor_f32(&[n], vec![t; n])?),
+                    ("sample", tensor(&shape, x)?),
+                    ("timestep", tensor(&[n], vec![t; n])?),
                     (
                         "encoder_hidden_states",
-                        tensor_f32(hidden.0, hidden.1.to_vec())?,
+                        tensor(hidden.0, hidden.1.to_vec())?,
                     ),
                 ],
                 "out_sample",
@@ -320,17 +321,8 @@ impl Model {
                         let Some(step_noise) = &file.step_noise else {
                             bail!("step {i} adds fresh noise (ancestral sampling) but the noise file has no `step_noise` tensor");
                         };
-                        let k = step_noise.shape[0];
-                        let index = if k == steps as usize {
-                            i
-                        } else if k == noisy.len() {
-                            noisy.iter().position(|&s| s == i).unwrap_or(0)
-                        } else {
-                            bail!(
-                                "the noise file's `step_noise` has {k} entries; {steps} steps need {steps} or {}",
-                                noisy.len()
-                            );
-                        };
+                        let index =
+                            step_noise_entry(step_noise.shape[0], i, steps as usize, &noisy)?;
                         let len = latents.len();
                         step_noise.data[index * len..(index + 1) * len].to_vec()
                     }

@@ -172,6 +172,11 @@ impl Model {
         self.load_seconds
     }
 
+    /// The step count used when a request names none: the manifest's first.
+    pub fn default_steps(&self) -> u32 {
+        self.manifest.steps.first().copied().unwrap_or(1)
+    }
+
     /// Output size (width, height) in pixels, from the manifest.
     pub fn image_size(&self) -> (u32, u32) {
         (

@@ -186,6 +186,13 @@ impl Scheduler {
         })
     }
 
+    /// The indices of the steps that add fresh noise (ancestral steps).
+    pub fn noisy_steps(&self) -> Vec<usize> {
+        (0..self.timesteps.len())
+            .filter(|&i| self.step_coefficients(i).is_ok_and(|c| c.noise != 0.0))
+            .collect()
+    }
+
     /// Applies step `index` to slices. `noise` is required when the step adds noise.
     pub fn step(
         &self,
