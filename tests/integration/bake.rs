@@ -65,7 +65,7 @@ fn tiny_run_with(
     out
 }
 
-fn bake(args: &[&str]) -> Output {
+pub fn bake(args: &[&str]) -> Output {
     let mut all = vec!["bake"];
     all.extend_from_slice(args);
     run_binary("exporter", &all)
@@ -504,11 +504,17 @@ fn bad_bake_input_is_refused_and_leaves_nothing_behind() {
     drop(teacher);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder with its subfolders.
+pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
 

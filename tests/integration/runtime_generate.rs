@@ -14,35 +14,29 @@ use runtime::GaussianRng;
 use tch::Tensor;
 use tests::run_binary;
 
-use crate::bake::{assert_ok, tiny_run};
+use crate::bake::{assert_ok, bake, copy_dir, tiny_run};
 use crate::fit::{assert_refused, tiny_models};
 
 const PROMPT: &str = "a <new1> dog on the beach";
 
-fn exporter(args: &[&str]) {
-    let mut all = vec!["bake"];
-    all.extend_from_slice(args);
-    assert_ok(&run_binary("exporter", &all));
-}
-
-/// Bakes `run` at 64 px (the tiny student's own size), split or fused.
-pub fn bake_tiny(student: &Path, run: &Path, out: &Path, fused: bool) {
-    let mut args = vec![
-        "--base",
-        student.to_str().unwrap(),
-        "--run",
-        run.to_str().unwrap(),
+/// Bakes the tiny student (with `run` folded in, if any) at 64 px, its own size; split or fused.
+pub fn bake_tiny(student: &Path, run: Option<&Path>, out: &Path, fused: bool) {
+    let mut args = vec!["--base", student.to_str().unwrap()];
+    if let Some(run) = run {
+        args.extend(["--run", run.to_str().unwrap()]);
+    }
+    args.extend([
         "--out",
         out.to_str().unwrap(),
         "--height",
         "64",
         "--width",
         "64",
-    ];
+    ]);
     if fused {
         args.push("--fused");
     }
-    exporter(&args);
+    assert_ok(&bake(&args));
 }
 
 /// `trainer sample --run` with `--seed S` or `--noise FILE`, as RGB bytes.
@@ -96,8 +90,8 @@ fn runtime_generates_what_trainer_sample_draws() {
     let d = |name: &str| dir.path().join(name);
     let (student, teacher) = tiny_models(dir.path());
     let run = tiny_run(dir.path(), &student, &teacher, "echodistill");
-    bake_tiny(&student, &run, &d("split"), false);
-    bake_tiny(&student, &run, &d("fused"), true);
+    bake_tiny(&student, Some(&run), &d("split"), false);
+    bake_tiny(&student, Some(&run), &d("fused"), true);
 
     // A noise file as `trainer sample --noise` and `runtime generate --noise` read it.
     let noise_path = d("noise.safetensors");
@@ -181,19 +175,6 @@ fn runtime_cmd(args: &[&str]) -> Output {
     run_binary("runtime", args)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn runtime_refuses_bad_input_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,16 +182,7 @@ fn runtime_refuses_bad_input_clearly() {
     let student = d("student");
     tests::init_tiny(&student, "tiny-student", "0");
     let model = d("model");
-    exporter(&[
-        "--base",
-        student.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-        "--height",
-        "64",
-        "--width",
-        "64",
-    ]);
+    bake_tiny(&student, None, &model, false);
     let m = model.to_str().unwrap();
     let out = d("x.png");
     let o = out.to_str().unwrap();

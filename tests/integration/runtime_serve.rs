@@ -107,20 +107,7 @@ fn serve_answers_bad_requests_clearly_and_loses_no_request_under_load() {
     let student = dir.path().join("student");
     tests::init_tiny(&student, "tiny-student", "0");
     let model = dir.path().join("model");
-    crate::bake::assert_ok(&tests::run_binary(
-        "exporter",
-        &[
-            "bake",
-            "--base",
-            student.to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-            "--height",
-            "64",
-            "--width",
-            "64",
-        ],
-    ));
+    crate::runtime_generate::bake_tiny(&student, None, &model, false);
     let (_server, addr) = start(
         &model,
         &dir.path().join("ready"),
