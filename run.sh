@@ -26,6 +26,13 @@ CLIP_TOKENIZER="$CACHE/clip-tokenizer"
 GOLDENS_ENV="$CACHE/pyenv-goldens"
 ORT_ROOT="$CACHE/onnxruntime-$ONNXRUNTIME_VERSION"
 ORT_LIB="$ORT_ROOT/lib/libonnxruntime.so.$ONNXRUNTIME_VERSION"
+# wasm-bindgen-cli must be the version of the wasm-bindgen crate in Cargo.lock.
+WASM_BINDGEN_VERSION="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$ROOT/Cargo.lock")"
+WASM_BINDGEN_ROOT="$CACHE/wasm-bindgen-cli-$WASM_BINDGEN_VERSION"
+# The page's npm packages (onnxruntime-web) and the browser driver (playwright-core), installed
+# from web/package-lock.json into a folder named by the lockfile's hash.
+WEB_NODE="$CACHE/web-node-$(sha256sum "$ROOT/web/package-lock.json" | cut -c1-12)"
+WEB_SITE="$ROOT/target/web-site"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -122,13 +129,89 @@ setup_clip_vocab() {
     rm -rf "$tmp"
 }
 
-setup_rust() {
-    if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
-        say "rust target wasm32-unknown-unknown present"
-    else
-        say "adding rust target wasm32-unknown-unknown"
-        timeout 600 rustup target add wasm32-unknown-unknown
+# Installs Debian packages (as root, or through sudo without a password).
+apt_install() {
+    local sudo=()
+    [[ "$(id -u)" == 0 ]] || sudo=(sudo -n)
+    if ! "${sudo[@]}" apt-get install -y -q "$@" >"$CACHE/apt.log" 2>&1; then
+        "${sudo[@]}" apt-get update -q >>"$CACHE/apt.log" 2>&1 || true
+        "${sudo[@]}" apt-get install -y -q "$@" >>"$CACHE/apt.log" 2>&1 || {
+            say "apt-get install $* failed (log: $CACHE/apt.log); install them by hand, as root"
+            return 1
+        }
     fi
+}
+
+wasm_std_available() {
+    rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown
+}
+
+setup_rust() {
+    if wasm_std_available; then
+        say "rust target wasm32-unknown-unknown present"
+    elif say "adding rust target wasm32-unknown-unknown" && timeout 600 rustup target add wasm32-unknown-unknown; then
+        :
+    elif dpkg -s rustc-web cargo-web rust-web-src lld-22 >/dev/null 2>&1; then
+        say "rustup has no wasm32 std; using Debian's rustc-web, building std from source"
+    else
+        # rustup's download is not a registry and can fail here; Debian's web toolchain can
+        # build std for wasm32 from source instead.
+        say "rustup target add failed: installing Debian's rustc-web cargo-web rust-web-src lld-22"
+        apt_install rustc-web cargo-web rust-web-src lld-22
+    fi
+}
+
+# cargo for wasm32: rustup's target when present, else Debian's toolchain building std itself.
+wasm_cargo() {
+    if wasm_std_available; then
+        cargo "$@" --target wasm32-unknown-unknown
+    else
+        RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_UNSTABLE_BUILD_STD=std,panic_abort \
+            CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-22 /usr/bin/cargo "$@" --target wasm32-unknown-unknown
+    fi
+}
+
+setup_wasm_bindgen() {
+    if [[ -f "$WASM_BINDGEN_ROOT/.complete" ]]; then
+        say "wasm-bindgen-cli $WASM_BINDGEN_VERSION present at $WASM_BINDGEN_ROOT/bin"
+        return
+    fi
+    say "building wasm-bindgen-cli $WASM_BINDGEN_VERSION (Cargo.lock's) into $WASM_BINDGEN_ROOT (about 10 minutes, once)"
+    local tmp="$CACHE/tmp-wasm-bindgen"
+    rm -rf "$tmp" "$WASM_BINDGEN_ROOT"
+    # Not --locked: the tool's own lockfile pins a crate the index no longer has.
+    cargo install -q wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$tmp"
+    touch "$tmp/.complete"
+    mv "$tmp" "$WASM_BINDGEN_ROOT"
+}
+
+chromium_path() {
+    command -v chromium || command -v chromium-browser || true
+}
+
+setup_chromium() {
+    if [[ -n "$(chromium_path)" ]]; then
+        say "chromium present at $(chromium_path)"
+        return
+    fi
+    say "installing Debian's chromium (the browser tests drive it headless)"
+    apt_install chromium
+}
+
+setup_web_node() {
+    if [[ -f "$WEB_NODE/.complete" ]]; then
+        say "npm packages of web/package-lock.json present at $WEB_NODE"
+        return
+    fi
+    say "installing web/package-lock.json (onnxruntime-web, playwright-core) from npm into $WEB_NODE"
+    local tmp="$CACHE/tmp-web-node"
+    rm -rf "$tmp" "$WEB_NODE"
+    mkdir -p "$tmp"
+    cp "$ROOT/web/package.json" "$ROOT/web/package-lock.json" "$tmp/"
+    # No install scripts: the packages are used as files (the page) and as a library (the driver).
+    (cd "$tmp" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    touch "$tmp/.complete"
+    mv "$tmp" "$WEB_NODE"
 }
 
 setup() {
@@ -138,6 +221,54 @@ setup() {
     setup_onnxruntime
     setup_clip_vocab
     setup_rust
+    setup_wasm_bindgen
+    setup_chromium
+    setup_web_node
+}
+
+# The browser page as `runtime serve-web` serves it: web/static, the web crate compiled to wasm
+# with its wasm-bindgen glue under pkg/, onnxruntime-web under ort/.
+build_site() {
+    cd "$ROOT"
+    say "building the page into $WEB_SITE (web crate for wasm32, wasm-bindgen, onnxruntime-web)"
+    wasm_cargo build -q --release -p web
+    local tmp="$ROOT/target/web-site.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp/ort"
+    "$WASM_BINDGEN_ROOT/bin/wasm-bindgen" --target web --no-typescript --out-dir "$tmp/pkg" \
+        "$ROOT/target/wasm32-unknown-unknown/release/web.wasm"
+    cp "$ROOT"/web/static/* "$tmp/"
+    local dist="$WEB_NODE/node_modules/onnxruntime-web/dist"
+    # ort.webgpu.min.mjs runs both the WebGPU and the WASM provider from its asyncify build.
+    cp "$dist/ort.webgpu.min.mjs" "$dist/ort-wasm-simd-threaded.asyncify.mjs" \
+        "$dist/ort-wasm-simd-threaded.asyncify.wasm" "$tmp/ort/"
+    rm -rf "$WEB_SITE"
+    mv "$tmp" "$WEB_SITE"
+}
+
+# Time to first image and per-image time of a model folder in headless Chromium, on WASM, on
+# WebGPU over SwiftShader (webgpu: the CPU, a correctness check) or over the machine's GPU
+# (webgpu-gpu).
+bench_web() {
+    local model="$1" ep="${2:-wasm}" driver_flags=()
+    case "$ep" in
+        wasm) ;;
+        webgpu) driver_flags=(--webgpu) ;;
+        webgpu-gpu) ep=webgpu driver_flags=(--gpu) ;;
+        *) echo "bench-web: provider $ep: use wasm, webgpu (SwiftShader) or webgpu-gpu" >&2; return 2 ;;
+    esac
+    local ready
+    ready="$(mktemp)"
+    rm -f "$ready"
+    "$ROOT/target/release/runtime" serve-web --model "$model" --addr 127.0.0.1:0 --ready-file "$ready" >/dev/null &
+    local pid=$!
+    for _ in $(seq 100); do [[ -s "$ready" ]] && break; sleep 0.1; done
+    local status=0
+    node "$ROOT/tests/scripts/web_page.mjs" bench --url "http://$(cat "$ready")/?ep=$ep" --runs 10 \
+        "${driver_flags[@]}" || status=$?
+    kill "$pid" 2>/dev/null || true
+    rm -f "$ready"
+    return "$status"
 }
 
 export_env() {
@@ -147,6 +278,9 @@ export_env() {
     export ECHODISTILL_CLIP_TOKENIZER="$CLIP_TOKENIZER"
     export ECHODISTILL_PYTHON="$PYENV/bin/python"
     export ORT_DYLIB_PATH="$ORT_LIB"
+    export ECHODISTILL_WEB_NODE="$WEB_NODE/node_modules"
+    ECHODISTILL_CHROMIUM="$(chromium_path)"
+    export ECHODISTILL_CHROMIUM
     export ECHODISTILL_DREAMBENCH="${ECHODISTILL_DREAMBENCH:-$ROOT/../shared/datasets/dreambooth}"
 }
 
@@ -154,6 +288,7 @@ demo() {
     cd "$ROOT"
     say "building trainer, exporter and runtime (release)"
     cargo build --release -p trainer -p exporter -p runtime
+    build_site
     local out="$ROOT/target/demo"
     rm -rf "$out"
     mkdir -p "$out"
@@ -235,8 +370,14 @@ demo() {
             --prompts 5 --seeds 0,1 --steps 1
     fi
     echo
+    echo "== the browser page: time to first image and per image in headless Chromium (WASM)"
+    bench_web "$out/model" wasm
+    echo
     echo "demo outputs are in $out (open $out/run/report.html and $out/eval/gallery.html;"
     echo "the runtime's images are in $out/runtime)"
+    echo
+    echo "== generate in your browser with the model just baked (then open the printed URL):"
+    echo "./target/release/runtime serve-web --model $out/model"
 }
 
 test_all() {
@@ -245,8 +386,8 @@ test_all() {
     cargo fmt --all --check
     say "cargo clippy --all-targets -D warnings"
     cargo clippy --workspace --all-targets -- -D warnings
-    say "the web crate (and the runtime core under it) builds for wasm32"
-    cargo build --target wasm32-unknown-unknown -p web
+    # The page's wasm build is also the check that the web crate and the core build for wasm32.
+    build_site
     say "cargo test (binaries first: the integration tests run them)"
     cargo build --workspace --bins
     cargo test --workspace
@@ -278,6 +419,10 @@ usage() {
 usage: ./run.sh <command>
   demo    set up, then run the main job on the embedded default
   test    set up, then run every check (fmt, clippy, wasm build, all tests)
+  web     build the browser page into target/web-site (runtime serve-web serves it)
+  bench-web MODEL_DIR [wasm|webgpu|webgpu-gpu]
+          time to first image and per-image time of a model in headless Chromium
+          (webgpu: SwiftShader, a correctness check; webgpu-gpu: the machine's GPU)
   setup   install what is missing into $CACHE and print what it did
   goldens regenerate the committed reference fixtures (installs PyTorch + diffusers once)
   env     print the environment exports (eval "\$(./run.sh env)" to build by hand)
@@ -286,12 +431,21 @@ USAGE
 
 case "${1:-}" in
     demo) setup; export_env; demo ;;
+    web) setup; export_env; build_site ;;
+    bench-web)
+        setup
+        export_env
+        [[ $# -ge 2 ]] || { echo "usage: ./run.sh bench-web MODEL_DIR [wasm|webgpu|webgpu-gpu]" >&2; exit 2; }
+        cargo build -q --release -p runtime
+        build_site
+        bench_web "$2" "${3:-wasm}"
+        ;;
     test) setup; export_env; test_all ;;
     setup) setup ;;
     goldens) setup; export_env; goldens ;;
     env)
         export_env
-        for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON ECHODISTILL_DREAMBENCH ORT_DYLIB_PATH; do
+        for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON ECHODISTILL_DREAMBENCH ORT_DYLIB_PATH ECHODISTILL_WEB_NODE ECHODISTILL_CHROMIUM; do
             printf 'export %s=%q\n' "$v" "${!v}"
         done
         ;;

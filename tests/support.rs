@@ -52,6 +52,16 @@ pub fn clip_tokenizer_dir() -> PathBuf {
     setup_path("ECHODISTILL_CLIP_TOKENIZER")
 }
 
+/// The node_modules folder with playwright-core that setup installs from web/package-lock.json.
+pub fn web_node_modules() -> PathBuf {
+    setup_path("ECHODISTILL_WEB_NODE")
+}
+
+/// The Chromium executable setup installs (Debian's).
+pub fn chromium() -> PathBuf {
+    setup_path("ECHODISTILL_CHROMIUM")
+}
+
 /// The Python interpreter of setup's reference environment (transformers).
 pub fn reference_python() -> PathBuf {
     setup_path("ECHODISTILL_PYTHON")

@@ -5,7 +5,8 @@
 //! - [`tokenizer`]: the CLIP byte-level BPE tokenizer of Stable Diffusion, with added modifier
 //!   tokens such as `<new1>`;
 //! - [`scheduler`], [`rng`], [`image_tensor`]: schedules, the seeded Gaussian generator, image
-//!   conversion;
+//!   conversion; [`sampler`]: the split sampler's loop (noise, model inputs, steps) that every
+//!   backend drives;
 //! - [`model_config`], [`model_files`]: diffusers configs and safetensors weight files, read
 //!   without a tensor library; [`manifest`]: the baked model folder's `manifest.yaml`;
 //! - `hub` (feature `hub`, native only): Hugging Face repo ids through the hub cache.
@@ -21,6 +22,7 @@ pub mod model_config;
 pub mod model_files;
 pub mod noise_file;
 pub mod rng;
+pub mod sampler;
 pub mod scheduler;
 pub mod tokenizer;
 

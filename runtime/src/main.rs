@@ -1,6 +1,6 @@
 //! `runtime`: one-step personalized generation from a baked model folder with ONNX Runtime.
 //! `generate` writes PNGs, `bench` prints load time, first-image latency and steady ms per
-//! image, `serve` answers HTTP requests on a local port.
+//! image, `serve` answers HTTP requests on a local port, `serve-web` serves the browser page.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use runtime::noise_file::NoiseFile;
 use runtime::onnx::{GenerateRequest, LoadOptions, Model, Noise, Provider, SessionOptions};
 
 mod serve;
+mod serve_web;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +33,9 @@ enum Command {
     Bench(BenchArgs),
     /// Serve generation over HTTP (POST /generate JSON → PNG, GET /health).
     Serve(serve::ServeArgs),
+    /// Serve the browser page and a model folder from 127.0.0.1: generation runs in the
+    /// visitor's browser (onnxruntime-web, WebGPU or WASM), nothing is uploaded.
+    ServeWeb(serve_web::ServeWebArgs),
 }
 
 /// How to load the model (shared by every command).
@@ -285,6 +289,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench(a),
         Command::Serve(a) => serve::run(a),
+        Command::ServeWeb(a) => serve_web::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model_files::hex;
+use crate::scheduler::config::SchedulerConfigFile;
+use crate::{ClipTokenizer, SchedulerConfig};
 
 /// The manifest's file name in a model folder.
 pub const MANIFEST_FILE: &str = "manifest.yaml";
@@ -130,23 +132,75 @@ impl Manifest {
                 dir.display()
             )
         })?;
-        let manifest: Self = serde_yaml::from_str(&text)
-            .with_context(|| format!("{}: malformed manifest", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a `manifest.yaml` (from `source`, named in errors) and checks its
+    /// format.
+    pub fn parse(text: &str, source: &str) -> Result<Self> {
+        let manifest: Self =
+            serde_yaml::from_str(text).with_context(|| format!("{source}: malformed manifest"))?;
         if manifest.format != FORMAT {
             bail!(
-                "{}: format {:?}, expected {FORMAT:?}",
-                path.display(),
+                "{source}: format {:?}, expected {FORMAT:?}",
                 manifest.format
             );
         }
         if manifest.format_version > FORMAT_VERSION {
             bail!(
-                "{}: format version {} is newer than this program reads ({FORMAT_VERSION}): update it",
-                path.display(),
+                "{source}: format version {} is newer than this program reads ({FORMAT_VERSION}): update it",
                 manifest.format_version
             );
         }
         Ok(manifest)
+    }
+
+    /// The scheduler configured from the manifest's `scheduler` section.
+    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        let file: SchedulerConfigFile =
+            serde_json::from_value(self.scheduler.clone()).context("the manifest's scheduler")?;
+        SchedulerConfig::from_file(&file).context("the manifest's scheduler")
+    }
+
+    /// Checks that `tokenizer` gives every learned token the id the networks were baked with.
+    pub fn check_tokenizer(&self, tokenizer: &ClipTokenizer) -> Result<()> {
+        for t in &self.tokens {
+            if tokenizer.token_to_id(&t.token) != Some(t.id) {
+                bail!(
+                    "the manifest gives {:?} id {}, the bundled tokenizer does not: bake the folder again",
+                    t.token,
+                    t.id
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `steps` is one of the step counts the model was baked for.
+    pub fn check_steps(&self, steps: u32) -> Result<()> {
+        if !self.steps.contains(&steps) {
+            bail!(
+                "steps {steps}: the model was baked for {:?} steps (manifest.yaml); bake it with --steps to add more",
+                self.steps
+            );
+        }
+        Ok(())
+    }
+
+    /// Total weight values over the networks.
+    pub fn parameters(&self) -> u64 {
+        self.networks.values().map(|n| n.parameters).sum()
+    }
+
+    /// The latent shape `[batch, channels, h, w]` of `batch` images at the baked resolution.
+    pub fn latent_shape(&self, batch: usize) -> [usize; 4] {
+        let f = self.latent.downscale_factor.max(1);
+        [
+            batch,
+            self.latent.channels as usize,
+            (self.resolution.height / f) as usize,
+            (self.resolution.width / f) as usize,
+        ]
     }
 
     /// The manifest as YAML.

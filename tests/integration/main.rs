@@ -18,4 +18,5 @@ mod scheduler_parity;
 mod tokenizer_parity;
 mod tower_parity;
 mod trainable;
+mod web_page;
 mod written_tokenizer;

@@ -12,13 +12,43 @@ use std::time::{Duration, Instant};
 use runtime::onnx::{GenerateRequest, LoadOptions, Model};
 
 /// A server child, killed when dropped.
-struct Server(Child);
+pub struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `runtime ARGS --addr 127.0.0.1:0 --ready-file READY` and waits for its address; a
+/// server that exits instead fails the test with its message.
+pub fn start_runtime(args: &[&str], ready: &Path) -> (Server, String) {
+    // stderr goes to a file, not a pipe nobody drains (a full pipe would block the server).
+    let log = ready.with_extension("stderr");
+    let child = Command::new(tests::binary("runtime"))
+        .args(args)
+        .args(["--addr", "127.0.0.1:0"])
+        .args(["--ready-file", ready.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let started = Instant::now();
+    while !ready.is_file() {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("runtime {args:?} exited ({status}) before serving: {stderr}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the server did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addr = std::fs::read_to_string(ready).unwrap();
+    (server, addr)
 }
 
 /// One HTTP/1.1 exchange: (status, headers lowercased, body).
@@ -75,30 +105,9 @@ impl Response {
 }
 
 fn start(model: &Path, ready: &Path, extra: &[&str]) -> (Server, String) {
-    let child = Command::new(tests::binary("runtime"))
-        .args([
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--ready-file", ready.to_str().unwrap()])
-        .args(extra)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    let started = Instant::now();
-    while !ready.is_file() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the server did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let addr = std::fs::read_to_string(ready).unwrap();
-    (server, addr)
+    let mut args = vec!["serve", "--model", model.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    start_runtime(&args, ready)
 }
 
 #[test]

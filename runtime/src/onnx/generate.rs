@@ -12,8 +12,8 @@ use ort::value::{PrimitiveTensorElementType, Tensor};
 
 use super::model::{lock, Graphs, Model};
 use crate::image_tensor::chw_to_rgb8;
-use crate::noise_file::{step_noise_entry, NoiseFile};
-use crate::{GaussianRng, Scheduler};
+use crate::noise_file::NoiseFile;
+use crate::sampler::{NoiseStreams, Sampler};
 
 /// Where a generation's noise comes from.
 #[derive(Debug, Clone)]
@@ -109,12 +109,6 @@ fn tensor<T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
     Ok(Tensor::from_array((shape, data)).map_err(ort_err)?.into())
 }
 
-/// Per-image noise streams for the split sampler.
-enum Streams {
-    Seeds(Vec<GaussianRng>),
-    File(NoiseFile),
-}
-
 impl Model {
     /// Generates the images of `req`.
     /// Checks what a request asks for against this model (prompts present and non-empty, a
@@ -126,14 +120,9 @@ impl Model {
             req.images_per_prompt >= 1,
             "images per prompt must be at least 1"
         );
-        let steps = &self.manifest.steps;
-        if !steps.contains(&req.steps) {
-            bail!(
-                "steps {}: {} was baked for {steps:?} steps (manifest.yaml); bake it with --steps to add more",
-                req.steps,
-                self.dir.display()
-            );
-        }
+        self.manifest
+            .check_steps(req.steps)
+            .with_context(|| self.dir.display().to_string())?;
         if let Some(p) = req.prompts.iter().position(|p| p.trim().is_empty()) {
             bail!("prompt {p} is empty: say what to draw, e.g. \"a <new1> dog on the beach\"");
         }
@@ -165,21 +154,14 @@ impl Model {
         let n = prompts.len();
         let sequence = self.tokenizer.max_length();
         let (width, height) = self.image_size();
-        let factor = m.latent.downscale_factor;
-        let latent = [
-            m.latent.channels as usize,
-            (height / factor) as usize,
-            (width / factor) as usize,
-        ];
+        let [_, channels, latent_h, latent_w] = m.latent_shape(n);
+        let latent = [channels, latent_h, latent_w];
         let numel: usize = latent.iter().product();
-        let (initial, mut streams, seeds) = match &req.noise {
+        let (initial, streams, seeds) = match &req.noise {
             Noise::Seed(seed) => {
-                let mut rngs: Vec<GaussianRng> = (0..n)
-                    .map(|i| GaussianRng::new(seed.wrapping_add(i as u64)))
-                    .collect();
-                let initial: Vec<f32> = rngs.iter_mut().flat_map(|r| r.normal(numel)).collect();
+                let (streams, initial) = NoiseStreams::seeded(*seed, n, numel);
                 let seeds = (0..n).map(|i| Some(seed.wrapping_add(i as u64))).collect();
-                (initial, Streams::Seeds(rngs), seeds)
+                (initial, streams, seeds)
             }
             Noise::File(file) => {
                 let want = [n, latent[0], latent[1], latent[2]];
@@ -191,7 +173,7 @@ impl Model {
                 }
                 (
                     file.noise.data.clone(),
-                    Streams::File(file.clone()),
+                    NoiseStreams::File(file.clone()),
                     vec![None; n],
                 )
             }
@@ -224,16 +206,30 @@ impl Model {
                     vec![("input_ids", tensor(&[n, sequence], ids)?)],
                     "last_hidden_state",
                 )?;
-                let latents = self.denoise(
-                    unet,
-                    initial,
-                    [n, latent[0], latent[1], latent[2]],
-                    (&hidden_shape, &hidden),
-                    req.steps,
-                    &mut streams,
-                )?;
-                let scaling = m.latent.scaling_factor as f32;
-                let z: Vec<f32> = latents.iter().map(|v| v / scaling).collect();
+                let shape = [n, latent[0], latent[1], latent[2]];
+                let mut sampler =
+                    Sampler::new(self.scheduler.clone(), req.steps, shape, initial, streams)?;
+                for i in 0..sampler.steps() {
+                    let (x, t) = sampler.model_input(i)?;
+                    let (out_shape, out) = run::<f32>(
+                        &mut lock(unet),
+                        vec![
+                            ("sample", tensor(&shape, x)?),
+                            ("timestep", tensor(&[n], vec![t; n])?),
+                            (
+                                "encoder_hidden_states",
+                                tensor(&hidden_shape, hidden.clone())?,
+                            ),
+                        ],
+                        "out_sample",
+                    )?;
+                    ensure!(
+                        out_shape == shape,
+                        "the UNet returned {out_shape:?}, expected {shape:?}"
+                    );
+                    sampler.step(i, &out)?;
+                }
+                let z = sampler.decoder_input(m.latent.scaling_factor as f32)?;
                 let (shape, sample) = run::<f32>(
                     &mut lock(vae_decoder),
                     vec![(
@@ -272,68 +268,5 @@ impl Model {
             warnings,
             seconds: started.elapsed().as_secs_f64(),
         })
-    }
-
-    /// The split sampler's loop: `steps` UNet runs with the scheduler's coefficients.
-    fn denoise(
-        &self,
-        unet: &std::sync::Mutex<Session>,
-        initial: Vec<f32>,
-        shape: [usize; 4],
-        hidden: (&[usize], &[f32]),
-        steps: u32,
-        streams: &mut Streams,
-    ) -> Result<Vec<f32>> {
-        let mut scheduler = Scheduler::new(self.scheduler.clone());
-        scheduler.set_timesteps(steps as usize)?;
-        let sigma = scheduler.init_noise_sigma();
-        let mut latents: Vec<f32> = initial.iter().map(|v| v * sigma).collect();
-        let n = shape[0];
-        let per_image = latents.len() / n;
-        let noisy = scheduler.noisy_steps();
-        for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
-            let scale = scheduler.model_input_scale(i)?;
-            let x: Vec<f32> = latents.iter().map(|v| v * scale).collect();
-            let (out_shape, out) = run::<f32>(
-                &mut lock(unet),
-                vec![
-                    ("sample", tensor(&shape, x)?),
-                    ("timestep", tensor(&[n], vec![t; n])?),
-                    (
-                        "encoder_hidden_states",
-                        tensor(hidden.0, hidden.1.to_vec())?,
-                    ),
-                ],
-                "out_sample",
-            )?;
-            ensure!(
-                out_shape == shape,
-                "the UNet returned {out_shape:?}, expected {shape:?}"
-            );
-            let c = scheduler.step_coefficients(i)?;
-            let noise = if c.noise != 0.0 {
-                Some(match streams {
-                    Streams::Seeds(rngs) => rngs
-                        .iter_mut()
-                        .flat_map(|r| r.normal(per_image))
-                        .collect::<Vec<f32>>(),
-                    Streams::File(file) => {
-                        let Some(step_noise) = &file.step_noise else {
-                            bail!("step {i} adds fresh noise (ancestral sampling) but the noise file has no `step_noise` tensor");
-                        };
-                        let index =
-                            step_noise_entry(step_noise.shape[0], i, steps as usize, &noisy)?;
-                        let len = latents.len();
-                        step_noise.data[index * len..(index + 1) * len].to_vec()
-                    }
-                })
-            } else {
-                None
-            };
-            latents = scheduler
-                .step(i, &latents, &out, noise.as_deref())?
-                .prev_sample;
-        }
-        Ok(latents)
     }
 }

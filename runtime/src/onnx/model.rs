@@ -12,7 +12,6 @@ use ort::session::Session;
 use super::library::environment;
 use super::providers::{session, Provider, SessionOptions};
 use crate::manifest::Manifest;
-use crate::scheduler::config::SchedulerConfigFile;
 use crate::{ClipTokenizer, SchedulerConfig};
 
 /// How to load a model.
@@ -80,21 +79,12 @@ impl Model {
         }
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))
             .with_context(|| format!("{}: the bundled tokenizer", dir.display()))?;
-        for t in &manifest.tokens {
-            if tokenizer.token_to_id(&t.token) != Some(t.id) {
-                bail!(
-                    "{}: the manifest gives {:?} id {}, the bundled tokenizer does not: bake the folder again",
-                    dir.display(),
-                    t.token,
-                    t.id
-                );
-            }
-        }
-        let scheduler_file: SchedulerConfigFile =
-            serde_json::from_value(manifest.scheduler.clone())
-                .with_context(|| format!("{}: the manifest's scheduler", dir.display()))?;
-        let scheduler = SchedulerConfig::from_file(&scheduler_file)
-            .with_context(|| format!("{}: the manifest's scheduler", dir.display()))?;
+        manifest
+            .check_tokenizer(&tokenizer)
+            .with_context(|| dir.display().to_string())?;
+        let scheduler = manifest
+            .scheduler_config()
+            .with_context(|| dir.display().to_string())?;
 
         let env = environment(options.library.as_deref())?;
         let mut session_options = options.session.clone();
