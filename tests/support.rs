@@ -67,6 +67,24 @@ pub fn reference_python() -> PathBuf {
     setup_path("ECHODISTILL_PYTHON")
 }
 
+/// Runs `tests/scripts/SCRIPT ARGS` in the reference environment and returns its stdout; a
+/// failing script fails the test with its output.
+pub fn run_reference_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec<u8> {
+    let out = Command::new(reference_python())
+        .arg(workspace_root().join("tests/scripts").join(script))
+        .args(args)
+        .output()
+        .expect("run the reference python");
+    assert!(
+        out.status.success(),
+        "{script} failed on {:?}:\n{}{}",
+        args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A workspace binary (trainer, exporter, ...), built by `cargo build --workspace --bins`.
 pub fn binary(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps; binaries one level up.

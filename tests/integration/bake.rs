@@ -6,12 +6,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use runtime::manifest::Manifest;
 use runtime::GaussianRng;
 use tch::{Device, Kind, Tensor};
-use tests::{reference_python, run_binary, workspace_root};
+use tests::{run_binary, run_reference_script};
 use trainer::checkpoint::LoadOptions;
 use trainer::fit::config::FitConfig;
 use trainer::fit::run_dir::{load_trained, Trained};
@@ -120,19 +120,8 @@ fn write_cases(p: &Pipeline, path: &Path) -> [Tensor; 4] {
 
 /// Runs the check script; returns (network, max abs error, max abs reference) per network.
 fn onnxruntime_errors(model: &Path, cases: &Path) -> Vec<(String, f64, f64)> {
-    let out = Command::new(reference_python())
-        .arg(workspace_root().join("tests/scripts/check_onnx_bake.py"))
-        .arg(model)
-        .arg(cases)
-        .output()
-        .expect("run the reference python");
-    assert!(
-        out.status.success(),
-        "check_onnx_bake.py failed on {}:\n{}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = run_reference_script("check_onnx_bake.py", &[model, cases]);
+    let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     ["text_encoder", "unet", "vae_decoder"]
         .iter()
         .map(|n| {
@@ -254,20 +243,14 @@ fn half_precision_bakes_match_within_a_percent_and_inspect_checks_hashes() {
 
 /// Runs `pipeline.onnx` through the script for `steps`; returns `image_<k>` (batch, h, w, 3).
 fn run_pipeline(model: &Path, cases: &Path, out: &Path, steps: &[u32]) -> Vec<Tensor> {
-    let mut cmd = Command::new(reference_python());
-    cmd.arg(workspace_root().join("tests/scripts/run_onnx_pipeline.py"))
-        .arg(model)
-        .arg(cases)
-        .arg(out)
-        .args(steps.iter().map(u32::to_string));
-    let result = cmd.output().expect("run the reference python");
-    assert!(
-        result.status.success(),
-        "run_onnx_pipeline.py failed on {}:\n{}",
-        model.display(),
-        String::from_utf8_lossy(&result.stderr)
+    let mut args = vec![model.into(), cases.into(), out.into()];
+    args.extend(
+        steps
+            .iter()
+            .map(|k| std::ffi::OsString::from(k.to_string())),
     );
-    let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let stdout = run_reference_script("run_onnx_pipeline.py", &args);
+    let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(
         report["inputs"],
         serde_json::json!(["input_ids", "noise", "steps"])
@@ -519,17 +502,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn rename_initializers(from: &Path, to: &Path) {
-    let out = Command::new(reference_python())
-        .arg(workspace_root().join("tests/scripts/rename_onnx_initializers.py"))
-        .arg(from)
-        .arg(to)
-        .output()
-        .expect("run the reference python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_reference_script("rename_onnx_initializers.py", &[from, to]);
 }
 
 #[test]

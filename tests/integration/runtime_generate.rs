@@ -58,8 +58,9 @@ fn trainer_sample(run: &Path, noise: &[&str], steps: u32, png: &Path) -> Vec<u8>
     image::open(png).unwrap().to_rgb8().into_raw()
 }
 
-/// Asserts the exporter's bound between two RGB images.
-fn assert_close(what: &str, got: &[u8], want: &[u8]) {
+/// Asserts the exporter's bound between two RGB images: no byte off by more than 1, at least
+/// 99.5% identical.
+pub fn assert_close(what: &str, got: &[u8], want: &[u8]) {
     assert_eq!(got.len(), want.len(), "{what}: sizes differ");
     let worst = got
         .iter()

@@ -19,7 +19,7 @@ use tests::{chromium, fixture, web_node_modules, workspace_root};
 
 use crate::bake::{copy_dir, tiny_run};
 use crate::fit::tiny_models;
-use crate::runtime_generate::bake_tiny;
+use crate::runtime_generate::{assert_close, bake_tiny};
 use crate::runtime_serve::{start_runtime, Server};
 
 const PROMPT: &str = "a <new1> dog on the beach";
@@ -76,24 +76,6 @@ fn read_rgb(path: &Path) -> Vec<u8> {
     rgba.chunks_exact(4)
         .flat_map(|p| [p[0], p[1], p[2]])
         .collect()
-}
-
-/// Asserts the exporter's bound between the page's and the native runtime's pixels.
-fn assert_close(what: &str, got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
-    let exact = got.iter().zip(want).filter(|(a, b)| a == b).count() as f64 / got.len() as f64;
-    eprintln!(
-        "{what}: max byte difference {worst}, {:.2}% identical",
-        exact * 100.0
-    );
-    assert!(worst <= 1, "{what}: a byte differs by {worst}");
-    assert!(exact >= 0.995, "{what}: only {exact} identical");
 }
 
 fn native(model: &Path, seed: u64, steps: u32) -> Vec<u8> {

@@ -1,10 +1,8 @@
 //! A tokenizer folder written with added tokens loads in transformers' CLIPTokenizer and gives
 //! the same ids as the Rust tokenizer (checked by `tests/scripts/check_written_tokenizer.py`).
 
-use std::process::Command;
-
 use runtime::ClipTokenizer;
-use tests::{clip_tokenizer_dir, reference_python, run_binary, workspace_root};
+use tests::{clip_tokenizer_dir, run_binary, run_reference_script};
 
 const PROMPTS: [&str; 6] = [
     "a <new1> dog on the beach",
@@ -50,18 +48,7 @@ fn written_folder_loads_in_transformers_with_the_same_ids() {
     let cases_path = dir.path().join("cases.json");
     std::fs::write(&cases_path, serde_json::to_string(&cases).unwrap()).unwrap();
 
-    let script = workspace_root().join("tests/scripts/check_written_tokenizer.py");
-    let out = Command::new(reference_python())
-        .arg(script)
-        .arg(&out_dir)
-        .arg(&cases_path)
-        .output()
-        .expect("run the reference python");
-    assert!(
-        out.status.success(),
-        "transformers disagrees with the written folder:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("6 prompts match"));
+    // A failure means transformers disagrees with the written folder.
+    let stdout = run_reference_script("check_written_tokenizer.py", &[&out_dir, &cases_path]);
+    assert!(String::from_utf8_lossy(&stdout).contains("6 prompts match"));
 }
