@@ -111,11 +111,9 @@ pub fn build(
         g.pop();
     }
     let x = blocks::layer_norm(&mut g, w, &x, &format!("{prefix}final_layer_norm"), eps)?;
-    let out = g.cast_f32(&x);
-    g.output(
-        &out,
+    g.output_f32(
+        &x,
         "last_hidden_state",
-        DataType::FLOAT,
         &[
             Dim::Named("batch"),
             Dim::Named("sequence"),

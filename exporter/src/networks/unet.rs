@@ -133,11 +133,9 @@ pub fn build(config: &UNetConfig, w: &mut Weights, weight_type: WeightType) -> R
         config.norm_num_groups as usize,
         config.norm_eps,
     )?;
-    let out = g.cast_f32(&out);
-    g.output(
+    g.output_f32(
         &out,
         "out_sample",
-        DataType::FLOAT,
         &[
             Dim::Named("batch"),
             Dim::Fixed(config.out_channels),

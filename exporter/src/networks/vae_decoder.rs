@@ -90,11 +90,9 @@ pub fn build(config: &VaeConfig, w: &mut Weights, weight_type: WeightType) -> Re
         groups,
         EPS,
     )?;
-    let out = g.cast_f32(&out);
-    g.output(
+    g.output_f32(
         &out,
         "sample",
-        DataType::FLOAT,
         &[
             Dim::Named("batch"),
             Dim::Fixed(config.out_channels),

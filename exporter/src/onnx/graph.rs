@@ -317,6 +317,13 @@ impl Graph {
         self.outputs.push(value_info(name, data_type, dims));
     }
 
+    /// Declares a compute-type value as the f32 graph output `name`: the networks' outputs are
+    /// f32 whatever their weight type.
+    pub fn output_f32(&mut self, value: &str, name: &str, dims: &[Dim]) {
+        let value = self.cast_f32(value);
+        self.output(&value, name, DataType::FLOAT, dims);
+    }
+
     /// Adds a weight under its checkpoint name, stored in the graph's weight type.
     pub fn weight(&mut self, name: &str, array: &Array) -> String {
         let data_type = self.weight_type.data_type();
