@@ -8,19 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use runtime::model_files::{fingerprint, read_metadata, SafetensorsHeader};
+use runtime::run_files::{lora_scale, LORA_FILE, META_BASE_MODEL, META_BASE_SHA256};
 use runtime::ClipTokenizer;
 use serde::Deserialize;
 
 use crate::onnx::Array;
 use crate::weights::{decode, Weights};
-
-/// Metadata key of the base weights' fingerprint in a K/V file.
-const META_BASE_SHA256: &str = "echodistill.base_sha256";
-/// Metadata key of the base model in a K/V or token file.
-const META_BASE_MODEL: &str = "echodistill.base_model";
-/// Metadata keys of a LoRA file's rank and alpha.
-const META_LORA_RANK: &str = "echodistill.lora_rank";
-const META_LORA_ALPHA: &str = "echodistill.lora_alpha";
 
 /// The parts of a run's `config.yaml` a bake needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -210,14 +203,9 @@ impl Run {
                 UnetChange::Whole(dir.join("unet"))
             }
             "lora" => {
-                let file = need(dir.join("lora.safetensors"))?;
-                let meta = read_metadata(&file)?;
-                let number = |key: &str| -> Result<f32> {
-                    meta.get(key)
-                        .and_then(|v| v.parse().ok())
-                        .with_context(|| format!("{}: no {key} in its metadata", file.display()))
-                };
-                let scale = number(META_LORA_ALPHA)? / number(META_LORA_RANK)?;
+                let file = need(dir.join(LORA_FILE))?;
+                // The merge runs in f32.
+                let scale = lora_scale(&file)? as f32;
                 let mut all = read_all(&file)?;
                 let downs: Vec<String> = all
                     .keys()

@@ -9,6 +9,7 @@
 //!   backend drives;
 //! - [`model_config`], [`model_files`]: diffusers configs and safetensors weight files, read
 //!   without a tensor library; [`manifest`]: the baked model folder's `manifest.yaml`;
+//!   [`run_files`]: the metadata keys of a `trainer fit` run's files;
 //! - `hub` (feature `hub`, native only): Hugging Face repo ids through the hub cache.
 //!
 //! The ONNX Runtime layer ([`onnx`], behind the default `ort` feature) serves one-step generation
@@ -22,6 +23,7 @@ pub mod model_config;
 pub mod model_files;
 pub mod noise_file;
 pub mod rng;
+pub mod run_files;
 pub mod sampler;
 pub mod scheduler;
 pub mod tokenizer;

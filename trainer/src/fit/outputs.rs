@@ -19,14 +19,12 @@ use super::trainable::{CrossAttentionKv, TokenRows};
 use crate::checkpoint::component::Component;
 use crate::checkpoint::{write_beside, write_text_atomic};
 
-/// Metadata key: what the file holds.
-pub const META_KIND: &str = "echodistill.kind";
-/// Metadata key: the base model as configured (a folder or repo id).
-pub const META_BASE_MODEL: &str = "echodistill.base_model";
-/// Metadata key: SHA-256 of the base weights the file's tensors replace (see [`fingerprint`]).
-pub const META_BASE_SHA256: &str = "echodistill.base_sha256";
-/// Metadata key: the modifier tokens, as a JSON list.
-pub const META_TOKENS: &str = "echodistill.tokens";
+// The run folder's metadata keys and LoRA file name live in the runtime core, shared with the
+// exporter that reads them; the base fingerprint is [`fingerprint`].
+pub use runtime::run_files::{
+    LORA_FILE, META_BASE_MODEL, META_BASE_SHA256, META_KIND, META_LORA_ALPHA, META_LORA_RANK,
+    META_TOKENS,
+};
 /// The file name diffusers' `load_attn_procs` looks for in a folder.
 pub const DIFFUSERS_WEIGHTS: &str = "pytorch_custom_diffusion_weights.safetensors";
 
@@ -274,14 +272,8 @@ fn export_custom_diffusion(
     write_text_atomic(&dir.join("README.md"), &readme)
 }
 
-/// The file name of a LoRA run's adapters (PEFT names, no prefix).
-pub const LORA_FILE: &str = "lora.safetensors";
 /// The file name diffusers' `load_lora_weights` looks for in a folder.
 pub const DIFFUSERS_LORA: &str = "pytorch_lora_weights.safetensors";
-/// Metadata key: LoRA's rank.
-pub const META_LORA_RANK: &str = "echodistill.lora_rank";
-/// Metadata key: LoRA's alpha (the update is scaled by alpha / rank).
-pub const META_LORA_ALPHA: &str = "echodistill.lora_alpha";
 
 /// Writes a baseline's results into `out`: always `tokens.safetensors` (the rows of the model's
 /// own text encoder), `tokenizer/` and `config.yaml`; then by method Custom Diffusion's K/V

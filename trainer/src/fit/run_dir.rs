@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use runtime::run_files::lora_scale;
 use runtime::ClipTokenizer;
 use tch::Tensor;
 
 use super::config::{BaselineModel, FitConfig, MethodKind};
-use super::outputs::{read_metadata, LORA_FILE, META_LORA_ALPHA, META_LORA_RANK};
+use super::outputs::LORA_FILE;
 use super::trainable::merge_lora;
 use crate::checkpoint::{load_text_encoder, load_unet, model_dir, LoadOptions};
 use crate::sampling::Pipeline;
@@ -165,13 +166,7 @@ pub fn load_trained(run: &Path, which: Trained, opts: LoadOptions) -> Result<Pip
         }
         MethodKind::Lora => {
             let file = run.join(LORA_FILE);
-            let meta = read_metadata(&file)?;
-            let number = |key: &str| -> Result<f64> {
-                meta.get(key)
-                    .and_then(|v| v.parse().ok())
-                    .with_context(|| format!("{}: no {key} in its metadata", file.display()))
-            };
-            let scale = number(META_LORA_ALPHA)? / number(META_LORA_RANK)?;
+            let scale = lora_scale(&file)?;
             let merged = merge_lora(&p.unet.vs.variables(), &read(&file)?, scale)
                 .with_context(|| format!("{} does not fit {}", file.display(), base.display()))?;
             if merged == 0 {
