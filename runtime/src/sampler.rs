@@ -3,7 +3,7 @@
 //! the networks; the native runtime (ort) and the browser page (wasm + onnxruntime-web) drive
 //! the same [`Sampler`], so a seed gives the same numbers in both.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::noise_file::{step_noise_entry, NoiseFile};
 use crate::{GaussianRng, Scheduler, SchedulerConfig};
@@ -124,8 +124,19 @@ impl Sampler {
     /// The UNet's `sample` input for step `index` and its timestep.
     pub fn model_input(&self, index: usize) -> Result<(Vec<f32>, f32)> {
         let scale = self.scheduler.model_input_scale(index)?;
-        let t = self.scheduler.timesteps()[index];
-        Ok((self.latents.iter().map(|v| v * scale).collect(), t))
+        Ok((
+            self.latents.iter().map(|v| v * scale).collect(),
+            self.timestep(index)?,
+        ))
+    }
+
+    /// The UNet's timestep at step `index`.
+    pub fn timestep(&self, index: usize) -> Result<f32> {
+        self.scheduler
+            .timesteps()
+            .get(index)
+            .copied()
+            .with_context(|| format!("step {index} is past the last of {} steps", self.steps()))
     }
 
     /// Applies step `index` with the UNet's output; steps must come in order.

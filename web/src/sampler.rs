@@ -53,7 +53,7 @@ impl Sampler {
 
     /// The UNet's `timestep` at step `index`.
     pub fn timestep(&self, index: usize) -> Result<f32, JsError> {
-        Ok(self.inner.model_input(index).map_err(js_error)?.1)
+        self.inner.timestep(index).map_err(js_error)
     }
 
     /// Applies step `index` with the UNet's `out_sample`.
