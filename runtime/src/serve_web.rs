@@ -161,11 +161,11 @@ fn handle(roots: &Roots, request: Request) {
     let Some(target) = target else {
         return text_reply(request, 400, "bad path");
     };
-    let file = match File::open(&target) {
-        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+    let opened = File::open(&target).and_then(|f| f.metadata().map(|m| (f, m)));
+    let (file, len) = match opened {
+        Ok((f, m)) if m.is_file() => (f, m.len()),
         _ => return text_reply(request, 404, &format!("{path} not found")),
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let name = target.file_name().unwrap_or_default().to_string_lossy();
     let mut headers = common_headers();
     headers.push(header("Content-Type", mime_type(&name)));

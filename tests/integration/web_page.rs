@@ -78,9 +78,10 @@ fn read_rgb(path: &Path) -> Vec<u8> {
         .collect()
 }
 
-fn native(model: &Path, seed: u64, steps: u32) -> Vec<u8> {
-    let m = Model::load(model, &LoadOptions::default()).unwrap();
-    m.generate(&GenerateRequest::new(PROMPT, seed, steps))
+/// The native runtime's image of `PROMPT` from `seed`.
+fn native(model: &Model, seed: u64, steps: u32) -> Vec<u8> {
+    model
+        .generate(&GenerateRequest::new(PROMPT, seed, steps))
         .unwrap()
         .images
         .remove(0)
@@ -109,6 +110,9 @@ fn page_draws_what_the_native_runtime_draws() {
     let run = tiny_run(dir.path(), &student, &teacher, "echodistill");
     bake_tiny(&student, Some(&run), &d("split"), false);
     bake_tiny(&student, Some(&run), &d("fused"), true);
+    // Each loaded once (the fused session takes seconds to create).
+    let split = Model::load(&d("split"), &LoadOptions::default()).unwrap();
+    let fused = Model::load(&d("fused"), &LoadOptions::default()).unwrap();
     // Seeds past 2^53 cross into JavaScript as BigInt, not as a rounded Number.
     let seed = u64::MAX - 1;
 
@@ -160,7 +164,7 @@ fn page_draws_what_the_native_runtime_draws() {
         assert_close(
             &format!("page split WASM {steps} step(s)"),
             &read_rgb(file),
-            &native(&d("split"), seed, steps),
+            &native(&split, seed, steps),
         );
     }
     let tokenizer = ClipTokenizer::from_dir(&d("split/tokenizer")).unwrap();
@@ -202,7 +206,7 @@ fn page_draws_what_the_native_runtime_draws() {
     assert_close(
         "page split WebGPU 1 step",
         &read_rgb(&files[0]),
-        &native(&d("split"), seed, 1),
+        &native(&split, seed, 1),
     );
     drop(server);
 
@@ -222,7 +226,7 @@ fn page_draws_what_the_native_runtime_draws() {
         assert_close(
             &format!("page fused WASM {steps} step(s)"),
             &read_rgb(file),
-            &native(&d("fused"), seed, steps),
+            &native(&fused, seed, steps),
         );
     }
 }
