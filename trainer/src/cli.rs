@@ -36,8 +36,30 @@ pub enum Command {
     BenchEval(Box<BenchEvalArgs>),
     /// Run every (method x subject) fit and evaluation of a manifest and assemble the table (resumable, shardable).
     BenchTable(Box<BenchTableArgs>),
+    /// Write the toy world's files: its DreamBench-shaped subjects and a preview of its pre-training data.
+    ToyData(ToyDataArgs),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
+}
+
+#[derive(Debug, Args)]
+pub struct ToyDataArgs {
+    /// The folder to create: dreambench/ (for `trainer eval --dataset`), pretrain-samples.png,
+    /// pretrain-captions.txt, subjects.png, index.html.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The world's seed (subjects, scenes, captions).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub resolution: u32,
+    /// Held-out subjects per composite class (medal, badge, totem).
+    #[arg(long, default_value_t = 10)]
+    pub subjects_per_class: usize,
+    /// Pre-training items shown in the preview.
+    #[arg(long, default_value_t = 64)]
+    pub samples: usize,
 }
 
 #[derive(Debug, Args)]

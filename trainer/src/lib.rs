@@ -2,7 +2,8 @@
 //! checkpoints ([`checkpoint`]), sampling with them ([`sampling`]) and seeded random-weight
 //! models for tests, the demo and benchmarks ([`random_init`]); the frozen image towers
 //! ([`towers`], [`vision`]), the discriminator ensemble ([`discriminator`]) and the student's
-//! losses ([`losses`]); the DreamBench evaluation ([`eval`]).
+//! losses ([`losses`]); the DreamBench evaluation ([`eval`]); the self-made toy world
+//! ([`toy`]).
 
 pub mod checkpoint;
 pub mod device;
@@ -14,4 +15,5 @@ pub mod models;
 pub mod random_init;
 pub mod sampling;
 pub mod towers;
+pub mod toy;
 pub mod vision;

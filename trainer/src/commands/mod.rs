@@ -10,6 +10,7 @@ mod fit;
 mod init_tiny;
 mod sample;
 mod tokenize;
+mod toy_data;
 
 use std::path::Path;
 
@@ -33,6 +34,7 @@ pub fn run(command: Command) -> Result<Option<u8>> {
         Command::Eval(args) => done(eval::run(&args)),
         Command::BenchEval(args) => done(eval::bench(&args)),
         Command::BenchTable(args) => done(eval::bench_table(&args)),
+        Command::ToyData(args) => done(toy_data::run(&args)),
         Command::Env => done(env::run()),
     }
 }

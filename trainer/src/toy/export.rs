@@ -1,0 +1,155 @@
+//! `trainer toy-data`'s folder: the DreamBench-shaped subjects, a preview of the pre-training
+//! data (sample grid and its captions) and an HTML page showing both.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::{imageops, RgbImage};
+
+use super::subjects::write_dreambench;
+use super::world::ToyWorld;
+use crate::checkpoint::write_text_atomic;
+use crate::fit::report::{compose_grid, Report, ReportImage};
+use crate::sampling::write_png;
+
+/// Preview tiles are drawn at least this wide (nearest-neighbour, so pixels stay visible).
+const TILE: u32 = 128;
+
+/// What `write_toy_data` wrote.
+#[derive(Debug, Clone)]
+pub struct ToyData {
+    /// The DreamBench-shaped folder (give it to `trainer eval --dataset`).
+    pub dreambench: PathBuf,
+    /// The HTML preview page.
+    pub page: PathBuf,
+    /// Reference images written, over all subjects.
+    pub reference_images: usize,
+    /// Pre-training samples previewed.
+    pub samples: usize,
+}
+
+fn enlarge(image: &RgbImage) -> RgbImage {
+    let factor = TILE.div_ceil(image.width()).max(1);
+    imageops::resize(
+        image,
+        image.width() * factor,
+        image.height() * factor,
+        imageops::FilterType::Nearest,
+    )
+}
+
+/// Writes the world's files into `out` (which must not exist): `dreambench/`,
+/// `pretrain-samples.png` with `pretrain-captions.txt` (items 0..samples of the pre-training
+/// data), `subjects.png` (a row of references per subject) and `index.html`. The folder is
+/// assembled beside `out` and renamed into place.
+pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<ToyData> {
+    if out.exists() {
+        bail!(
+            "{} already exists: choose another --out or remove it",
+            out.display()
+        );
+    }
+    if samples == 0 {
+        bail!("--samples must be at least 1 (the preview shows that many pre-training images)");
+    }
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} is not a folder path", out.display()))?;
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<ToyData> {
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let reference_images = write_dreambench(world, &tmp.join("dreambench"))?;
+
+        let mut tiles = Vec::with_capacity(samples);
+        let mut captions = String::new();
+        for i in 0..samples {
+            let sample = world.sample(i as u64);
+            tiles.push(enlarge(&sample.image));
+            let _ = writeln!(captions, "{i}\t{}", sample.caption);
+        }
+        let columns = samples.min(8);
+        write_png(
+            &compose_grid(&tiles, columns, 2)?,
+            &tmp.join("pretrain-samples.png"),
+        )?;
+        write_text_atomic(&tmp.join("pretrain-captions.txt"), &captions)?;
+
+        let mut rows = Vec::new();
+        let blank = RgbImage::from_pixel(TILE, TILE, image::Rgb([255, 255, 255]));
+        let per_row = 6;
+        for subject in world.subjects() {
+            let scenes = world.reference_scenes(subject);
+            for i in 0..per_row {
+                rows.push(
+                    scenes
+                        .get(i)
+                        .map(|s| enlarge(&world.render(s)))
+                        .unwrap_or_else(|| blank.clone()),
+                );
+            }
+        }
+        write_png(&compose_grid(&rows, per_row, 2)?, &tmp.join("subjects.png"))?;
+
+        let config = world.config();
+        let report = Report {
+            title: "Toy world".into(),
+            summary: vec![
+                ("seed".into(), config.seed.to_string()),
+                ("resolution".into(), format!("{0}×{0}", config.resolution)),
+                (
+                    "held-out subjects".into(),
+                    world.subjects().len().to_string(),
+                ),
+                ("reference images".into(), reference_images.to_string()),
+                (
+                    "full-caption share".into(),
+                    config.full_caption_share.to_string(),
+                ),
+            ],
+            images: vec![
+                ReportImage {
+                    title: format!("Pre-training data, items 0–{}", samples - 1),
+                    caption: captions
+                        .lines()
+                        .map(|l| l.replacen('\t', ": ", 1))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    path: tmp.join("pretrain-samples.png"),
+                },
+                ReportImage {
+                    title: "Held-out subjects".into(),
+                    caption: format!(
+                        "One row per subject ({}), its reference renders from left to right.",
+                        world
+                            .subjects()
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    path: tmp.join("subjects.png"),
+                },
+            ],
+            ..Report::default()
+        };
+        write_text_atomic(&tmp.join("index.html"), &report.render_html()?)?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("cannot move the toy data into {}", out.display()))?;
+        Ok(ToyData {
+            dreambench: out.join("dreambench"),
+            page: out.join("index.html"),
+            reference_images,
+            samples,
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
