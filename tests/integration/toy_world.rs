@@ -104,3 +104,32 @@ fn toy_data_writes_a_dreambench_folder_that_eval_reads_unchanged() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A caption the text encoder sees cut off would teach the wrong scene: every caption (the
+/// longest shapes of the grammar included) and every toy prompt fits CLIP's 77 positions.
+#[test]
+fn toy_captions_fit_the_text_encoder() {
+    use trainer::toy::caption::Description;
+    use trainer::toy::{ToyWorld, ToyWorldConfig, TOY_PROMPTS};
+
+    let tokenizer = runtime::ClipTokenizer::from_dir(&tests::clip_tokenizer_dir()).unwrap();
+    let world = ToyWorld::new(ToyWorldConfig::default()).unwrap();
+    let mut longest = 0;
+    for i in 0..3000 {
+        let scene = world.scene(i);
+        for caption in [
+            Description::full(&scene).to_string(),
+            world.caption(i, &scene),
+        ] {
+            let encoding = tokenizer.encode(&caption);
+            assert_eq!(encoding.truncated, 0, "{caption}");
+            longest = longest.max(encoding.attention_mask.iter().sum::<u32>());
+        }
+    }
+    // Two fully described objects on a two-colour background are the longest captions.
+    assert!((30..77).contains(&longest), "{longest}");
+    for template in TOY_PROMPTS {
+        let prompt = template.replace("{0}", "sks").replace("{1}", "totem");
+        assert_eq!(tokenizer.encode(&prompt).truncated, 0, "{prompt}");
+    }
+}
