@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use runtime::{ClipTokenizer, GaussianRng};
 use tch::{nn, Device, Tensor};
 
+use crate::checkpoint::create_folder_beside;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel, ClipTextModelWithProjection};
 use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModelWithProjection};
 use crate::models::dinov2::Dinov2Model;
@@ -245,22 +246,8 @@ pub fn write_random_model(
     tokenizer_dir: &Path,
     seed: u64,
 ) -> Result<()> {
-    if out.exists() {
-        bail!(
-            "{} already exists: choose another --out or remove it",
-            out.display()
-        );
-    }
     let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
-    let name = out
-        .file_name()
-        .with_context(|| format!("{} is not a folder path", out.display()))?;
-    let tmp = out.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
+    create_folder_beside(out, "--out", |tmp| {
         for (path, text) in arch.files {
             let file = tmp.join(path);
             std::fs::create_dir_all(file.parent().context("config path")?)?;
@@ -301,12 +288,6 @@ pub fn write_random_model(
 
         let cross =
             UNetConfig::from_json(arch.config("unet/config.json"))?.cross_attention_dim()?;
-        write_random_towers(&tmp.join("towers"), cross, seed.wrapping_add(3), &tokenizer)?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("cannot move the model into {}", out.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+        write_random_towers(&tmp.join("towers"), cross, seed.wrapping_add(3), &tokenizer)
+    })
 }

@@ -118,6 +118,41 @@ pub fn write_beside(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         })
 }
 
+/// Creates the folder `out` (which must not exist yet; `what` names the option that chose it
+/// in the error): `build` fills a temporary folder beside it, which is then renamed into place,
+/// so a crash or an error never leaves a half-written folder under the final name.
+pub fn create_folder_beside<T>(
+    out: &Path,
+    what: &str,
+    build: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    if out.exists() {
+        bail!(
+            "{} already exists: choose another {what} or remove it",
+            out.display()
+        );
+    }
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} is not a folder path", out.display()))?;
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    (|| {
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let value = build(&tmp)?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("cannot move {} into place", out.display()))?;
+        Ok(value)
+    })()
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })
+}
+
 /// Writes text through a temporary file beside `path`.
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
     write_beside(path, |tmp| {

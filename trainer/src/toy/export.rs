@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use image::{imageops, RgbImage};
 
 use super::subjects::write_dreambench;
 use super::world::ToyWorld;
-use crate::checkpoint::write_text_atomic;
+use crate::checkpoint::{create_folder_beside, write_text_atomic};
 use crate::fit::report::{compose_grid, Report, ReportImage};
 use crate::sampling::write_png;
 
@@ -44,26 +44,10 @@ fn enlarge(image: &RgbImage) -> RgbImage {
 /// data), `subjects.png` (a row of references per subject) and `index.html`. The folder is
 /// assembled beside `out` and renamed into place.
 pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<ToyData> {
-    if out.exists() {
-        bail!(
-            "{} already exists: choose another --out or remove it",
-            out.display()
-        );
-    }
     if samples == 0 {
         bail!("--samples must be at least 1 (the preview shows that many pre-training images)");
     }
-    let name = out
-        .file_name()
-        .with_context(|| format!("{} is not a folder path", out.display()))?;
-    let tmp = out.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<ToyData> {
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    create_folder_beside(out, "--out", |tmp| {
         let reference_images = write_dreambench(world, &tmp.join("dreambench"))?;
 
         let mut tiles = Vec::with_capacity(samples);
@@ -139,17 +123,11 @@ pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<To
             ..Report::default()
         };
         write_text_atomic(&tmp.join("index.html"), &report.render_html()?)?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("cannot move the toy data into {}", out.display()))?;
         Ok(ToyData {
             dreambench: out.join("dreambench"),
             page: out.join("index.html"),
             reference_images,
             samples,
         })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+    })
 }

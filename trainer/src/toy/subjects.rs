@@ -5,12 +5,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::scene::{Composite, Noun, Object};
 use super::vocab::{Class, Colour, Finish, Pattern, Rotation, Size};
 use super::world::ToyWorld;
+use crate::checkpoint::create_folder_beside;
 use crate::eval::dreambench::CLASS_FILE;
 
 /// One held-out subject: a composite whose parts no caption names.
@@ -113,23 +114,7 @@ pub fn class_file(world: &ToyWorld) -> String {
 /// folder of PNG reference renders per subject, and `subjects.yaml` with each subject's parts.
 /// The folder is assembled beside `dir` and renamed into place. Returns the number of images.
 pub fn write_dreambench(world: &ToyWorld, dir: &Path) -> Result<usize> {
-    if dir.exists() {
-        bail!(
-            "{} already exists: choose another folder or remove it",
-            dir.display()
-        );
-    }
-    let name = dir
-        .file_name()
-        .with_context(|| format!("{} is not a folder path", dir.display()))?;
-    let tmp = dir.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<usize> {
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    create_folder_beside(dir, "folder", |tmp| {
         std::fs::write(tmp.join(CLASS_FILE), class_file(world))
             .with_context(|| format!("cannot write {}", tmp.join(CLASS_FILE).display()))?;
         let mut records = Vec::new();
@@ -167,14 +152,8 @@ pub fn write_dreambench(world: &ToyWorld, dir: &Path) -> Result<usize> {
                 world.config().resolution
             ),
         )?;
-        std::fs::rename(&tmp, dir)
-            .with_context(|| format!("cannot move the dataset into {}", dir.display()))?;
         Ok(images)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+    })
 }
 
 #[cfg(test)]
