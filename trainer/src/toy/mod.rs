@@ -7,9 +7,11 @@
 //! - [`render`]: drawing a scene, bit-exact across machines.
 //! - [`caption`]: the caption grammar, writer and parser.
 //! - [`world`]: settings, the infinite pre-training data, reference scenes.
+//! - [`batch`]: the pre-training data as tensors, with caption dropout.
 //! - [`subjects`]: the held-out subjects, the toy prompts, the DreamBench-shaped folder.
 //! - [`export`]: `trainer toy-data`'s folder (dataset, preview grids, page).
 
+pub mod batch;
 pub mod caption;
 pub mod export;
 pub mod render;
@@ -19,6 +21,7 @@ pub mod subjects;
 pub mod vocab;
 pub mod world;
 
+pub use batch::ToyBatch;
 pub use caption::{parse, Description};
 pub use export::{write_toy_data, ToyData};
 pub use subjects::{write_dreambench, ToySubject, TOY_PROMPTS};
