@@ -15,7 +15,8 @@ use trainer::fit::config::FitConfig;
 
 use crate::fit::{dreambench, overrides, run_quiet, tiny_models};
 
-const OPTS: LoadOptions = LoadOptions {
+/// f32 on the CPU, as the evaluation tests load runs.
+pub const OPTS: LoadOptions = LoadOptions {
     device: Device::Cpu,
     kind: Kind::Float,
     variant: None,

@@ -4,14 +4,12 @@
 
 use std::fs;
 
-use tch::{Device, Kind};
-use trainer::checkpoint::LoadOptions;
 use trainer::eval::dreambench::DreamBench;
 use trainer::eval::evaluate_into;
 use trainer::eval::protocol::EvalSettings;
 use trainer::fit::config::FitConfig;
 
-use crate::eval::eval_settings;
+use crate::eval::{eval_settings, OPTS};
 use crate::fit::{overrides, run_quiet, tiny_models};
 
 #[test]
@@ -63,12 +61,7 @@ fn toy_data_writes_a_dreambench_folder_that_eval_reads_unchanged() {
         seeds: vec![0],
         ..eval_settings(&dir.path().join("student/towers"), vec![1])
     };
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        kind: Kind::Float,
-        variant: None,
-    };
-    let scored = evaluate_into(&run, &settings, &dir.path().join("eval"), opts).unwrap();
+    let scored = evaluate_into(&run, &settings, &dir.path().join("eval"), OPTS).unwrap();
     let records = &scored.outcome.records;
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.subject == "badge_03"));

@@ -337,6 +337,14 @@ impl fmt::Display for Description {
     }
 }
 
+/// Fills an attribute a caption may say once; `what` names the attribute in the plural.
+fn set_once<T>(slot: &mut Option<T>, value: T, what: &str, caption: &str) -> Result<()> {
+    if slot.replace(value).is_some() {
+        bail!("caption {caption:?} gives one object two {what}");
+    }
+    Ok(())
+}
+
 /// A cursor over a caption's words.
 struct Words<'a> {
     words: Vec<&'a str>,
@@ -404,9 +412,6 @@ impl<'a> Words<'a> {
             token: None,
             noun: NounText::Shape(Shape::Circle),
         };
-        let repeated = |what: &str, text: &str| {
-            anyhow::anyhow!("caption {text:?} gives one object two {what}s")
-        };
         loop {
             let word = self
                 .peek()
@@ -419,25 +424,15 @@ impl<'a> Words<'a> {
                 text.noun = NounText::Class(c);
                 return Ok(text);
             } else if let Some(v) = Size::from_word(word) {
-                if text.size.replace(v).is_some() {
-                    return Err(repeated("size", self.text));
-                }
+                set_once(&mut text.size, v, "sizes", self.text)?;
             } else if let Some(v) = Finish::from_word(word) {
-                if text.finish.replace(v).is_some() {
-                    return Err(repeated("finishe", self.text));
-                }
+                set_once(&mut text.finish, v, "finishes", self.text)?;
             } else if let Some(v) = Rotation::from_word(word) {
-                if text.rotation.replace(v).is_some() {
-                    return Err(repeated("turn", self.text));
-                }
+                set_once(&mut text.rotation, v, "turns", self.text)?;
             } else if let Some(v) = Colour::from_word(word) {
-                if text.colour.replace(v).is_some() {
-                    return Err(repeated("colour", self.text));
-                }
+                set_once(&mut text.colour, v, "colours", self.text)?;
             } else if let Some(v) = Pattern::from_word(word) {
-                if text.pattern.replace(v).is_some() {
-                    return Err(repeated("pattern", self.text));
-                }
+                set_once(&mut text.pattern, v, "patterns", self.text)?;
             } else if word.starts_with('<') && word.ends_with('>') && text.token.is_none() {
                 text.token = Some(word.to_string());
             } else {

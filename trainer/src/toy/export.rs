@@ -48,7 +48,8 @@ pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<To
         bail!("--samples must be at least 1 (the preview shows that many pre-training images)");
     }
     create_folder_beside(out, "--out", |tmp| {
-        let reference_images = write_dreambench(world, &tmp.join("dreambench"))?;
+        let renders = write_dreambench(world, &tmp.join("dreambench"))?;
+        let reference_images: usize = renders.iter().map(Vec::len).sum();
 
         let mut tiles = Vec::with_capacity(samples);
         let mut captions = String::new();
@@ -66,16 +67,10 @@ pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<To
 
         let mut rows = Vec::new();
         let blank = RgbImage::from_pixel(TILE, TILE, image::Rgb([255, 255, 255]));
-        let per_row = 6;
-        for subject in world.subjects() {
-            let scenes = world.reference_scenes(subject);
+        let per_row = renders.iter().map(Vec::len).max().unwrap_or(1);
+        for images in &renders {
             for i in 0..per_row {
-                rows.push(
-                    scenes
-                        .get(i)
-                        .map(|s| enlarge(&world.render(s)))
-                        .unwrap_or_else(|| blank.clone()),
-                );
+                rows.push(images.get(i).map_or_else(|| blank.clone(), enlarge));
             }
         }
         write_png(&compose_grid(&rows, per_row, 2)?, &tmp.join("subjects.png"))?;

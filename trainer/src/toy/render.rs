@@ -31,7 +31,7 @@ fn parts(object: &Object) -> Vec<Part> {
         scale,
         offset,
     };
-    let solid = |shape, colour, pattern, scale, offset| Part {
+    let part = |shape, colour, pattern, scale, offset| Part {
         shape,
         colour,
         pattern,
@@ -47,20 +47,20 @@ fn parts(object: &Object) -> Vec<Part> {
                 // Nested: base, then a middle and an inner shape.
                 Class::Medal => vec![
                     base(s0, 1.0, (0.0, 0.0)),
-                    solid(s1, c1, Pattern::Solid, 0.62, (0.0, 0.0)),
-                    solid(s2, c2, Pattern::Solid, 0.3, (0.0, 0.0)),
+                    part(s1, c1, Pattern::Solid, 0.62, (0.0, 0.0)),
+                    part(s2, c2, Pattern::Solid, 0.3, (0.0, 0.0)),
                 ],
                 // Bordered: base, a rim of the same shape, a centre shape.
                 Class::Badge => vec![
                     base(s0, 1.0, (0.0, 0.0)),
-                    solid(s0, c1, Pattern::Outlined, 1.0, (0.0, 0.0)),
-                    solid(s1, c2, Pattern::Solid, 0.42, (0.0, 0.0)),
+                    part(s0, c1, Pattern::Outlined, 1.0, (0.0, 0.0)),
+                    part(s1, c2, Pattern::Solid, 0.42, (0.0, 0.0)),
                 ],
                 // Stacked: a top and a bottom shape around the base.
                 Class::Totem => vec![
-                    solid(s1, c1, Pattern::Solid, 0.38, (0.0, -0.62)),
+                    part(s1, c1, Pattern::Solid, 0.38, (0.0, -0.62)),
                     base(s0, 0.42, (0.0, 0.0)),
-                    solid(s2, c2, Pattern::Solid, 0.38, (0.0, 0.62)),
+                    part(s2, c2, Pattern::Solid, 0.38, (0.0, 0.62)),
                 ],
             }
         }

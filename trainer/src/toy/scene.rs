@@ -49,6 +49,14 @@ pub struct Composite {
     pub colours: [Colour; 2],
 }
 
+impl Composite {
+    /// Whether two composites are built alike (class and shapes), whatever their colours: the
+    /// resemblance that keeps a pre-training object away from a held-out subject.
+    pub fn same_structure(&self, other: &Composite) -> bool {
+        self.class == other.class && self.shapes == other.shapes
+    }
+}
+
 /// What an object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Noun {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use image::RgbImage;
 use serde::Serialize;
 
 use super::scene::{Composite, Noun, Object};
@@ -112,26 +113,29 @@ pub fn class_file(world: &ToyWorld) -> String {
 
 /// Writes the world's DreamBench folder to `dir` (which must not exist): the class file, one
 /// folder of PNG reference renders per subject, and `subjects.yaml` with each subject's parts.
-/// The folder is assembled beside `dir` and renamed into place. Returns the number of images.
-pub fn write_dreambench(world: &ToyWorld, dir: &Path) -> Result<usize> {
+/// The folder is assembled beside `dir` and renamed into place. Returns the renders, subject by
+/// subject in the world's order.
+pub fn write_dreambench(world: &ToyWorld, dir: &Path) -> Result<Vec<Vec<RgbImage>>> {
     create_folder_beside(dir, "folder", |tmp| {
         std::fs::write(tmp.join(CLASS_FILE), class_file(world))
             .with_context(|| format!("cannot write {}", tmp.join(CLASS_FILE).display()))?;
         let mut records = Vec::new();
-        let mut images = 0;
+        let mut renders = Vec::new();
         for subject in world.subjects() {
             let folder = tmp.join(&subject.name);
             std::fs::create_dir_all(&folder)
                 .with_context(|| format!("cannot create {}", folder.display()))?;
-            let scenes = world.reference_scenes(subject);
-            for (i, scene) in scenes.iter().enumerate() {
+            let images: Vec<RgbImage> = world
+                .reference_scenes(subject)
+                .iter()
+                .map(|scene| world.render(scene))
+                .collect();
+            for (i, image) in images.iter().enumerate() {
                 let path = folder.join(format!("{i:02}.png"));
-                world
-                    .render(scene)
+                image
                     .save_with_format(&path, image::ImageFormat::Png)
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
-            images += scenes.len();
             let c = &subject.composite;
             records.push(SubjectRecord {
                 name: &subject.name,
@@ -140,8 +144,9 @@ pub fn write_dreambench(world: &ToyWorld, dir: &Path) -> Result<usize> {
                 pattern: subject.pattern.word(),
                 shapes: c.shapes.map(|s| s.word()),
                 part_colours: c.colours.map(|c| c.word()),
-                references: scenes.len(),
+                references: images.len(),
             });
+            renders.push(images);
         }
         let yaml = serde_yaml::to_string(&records)?;
         std::fs::write(
@@ -152,7 +157,7 @@ pub fn write_dreambench(world: &ToyWorld, dir: &Path) -> Result<usize> {
                 world.config().resolution
             ),
         )?;
-        Ok(images)
+        Ok(renders)
     })
 }
 
@@ -167,7 +172,7 @@ mod tests {
         let world = ToyWorld::new(ToyWorldConfig::default()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("toy");
-        let images = write_dreambench(&world, &dir).unwrap();
+        let renders = write_dreambench(&world, &dir).unwrap();
         let bench = DreamBench::open(&dir).unwrap();
         assert_eq!(bench.subjects.len(), 30);
         assert_eq!(bench.object_prompts.len(), 25);
@@ -191,7 +196,7 @@ mod tests {
             }
             total += photos.len();
         }
-        assert_eq!(total, images);
+        assert_eq!(total, renders.iter().map(Vec::len).sum::<usize>());
         let yaml = std::fs::read_to_string(dir.join("subjects.yaml")).unwrap();
         assert!(yaml.contains("name: medal_01"), "{yaml}");
 

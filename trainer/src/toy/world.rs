@@ -86,7 +86,7 @@ impl ToyWorld {
                 let composite = sample_composite(&mut rng, *class, colour);
                 if subjects
                     .iter()
-                    .any(|s| s.composite.shapes == composite.shapes && s.composite.class == *class)
+                    .any(|s| s.composite.same_structure(&composite))
                 {
                     continue;
                 }
@@ -119,9 +119,7 @@ impl ToyWorld {
         let Noun::Composite(c) = object.noun else {
             return false;
         };
-        self.subjects
-            .iter()
-            .any(|s| s.composite.class == c.class && s.composite.shapes == c.shapes)
+        self.subjects.iter().any(|s| s.composite.same_structure(&c))
     }
 
     /// Scene `index` of the pre-training data.
@@ -241,7 +239,7 @@ mod tests {
                     assert!(world
                         .subjects()
                         .iter()
-                        .all(|s| s.composite.class != c.class || s.composite.shapes != c.shapes));
+                        .all(|s| !s.composite.same_structure(&c)));
                 }
             }
         }
@@ -255,11 +253,7 @@ mod tests {
                 assert!(!r.backdrop.colours().contains(&s.colour));
             }
             for t in &world.subjects()[i + 1..] {
-                assert!(
-                    s.name != t.name
-                        && (s.composite.class != t.composite.class
-                            || s.composite.shapes != t.composite.shapes)
-                );
+                assert!(s.name != t.name && !s.composite.same_structure(&t.composite));
             }
         }
     }
