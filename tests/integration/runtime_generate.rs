@@ -19,6 +19,16 @@ use crate::fit::{assert_refused, tiny_models};
 
 const PROMPT: &str = "a <new1> dog on the beach";
 
+/// A tiny EchoDistill run under `dir`, baked split into `dir/split` and fused into `dir/fused`;
+/// returns the run folder.
+pub fn baked_tiny_run(dir: &Path) -> PathBuf {
+    let (student, teacher) = tiny_models(dir);
+    let run = tiny_run(dir, &student, &teacher, "echodistill");
+    bake_tiny(&student, Some(&run), &dir.join("split"), false);
+    bake_tiny(&student, Some(&run), &dir.join("fused"), true);
+    run
+}
+
 /// Bakes the tiny student (with `run` folded in, if any) at 64 px, its own size; split or fused.
 pub fn bake_tiny(student: &Path, run: Option<&Path>, out: &Path, fused: bool) {
     let mut args = vec!["--base", student.to_str().unwrap()];
@@ -89,10 +99,7 @@ fn load(dir: &Path) -> Model {
 fn runtime_generates_what_trainer_sample_draws() {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name);
-    let (student, teacher) = tiny_models(dir.path());
-    let run = tiny_run(dir.path(), &student, &teacher, "echodistill");
-    bake_tiny(&student, Some(&run), &d("split"), false);
-    bake_tiny(&student, Some(&run), &d("fused"), true);
+    let run = baked_tiny_run(dir.path());
 
     // A noise file as `trainer sample --noise` and `runtime generate --noise` read it.
     let noise_path = d("noise.safetensors");

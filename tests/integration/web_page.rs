@@ -17,9 +17,8 @@ use runtime::ClipTokenizer;
 use serde_json::{json, Value};
 use tests::{chromium, fixture, web_node_modules, workspace_root};
 
-use crate::bake::{copy_dir, tiny_run};
-use crate::fit::tiny_models;
-use crate::runtime_generate::{assert_close, bake_tiny};
+use crate::bake::copy_dir;
+use crate::runtime_generate::{assert_close, bake_tiny, baked_tiny_run};
 use crate::runtime_serve::{start_runtime, Server};
 
 const PROMPT: &str = "a <new1> dog on the beach";
@@ -106,10 +105,7 @@ fn generations(dir: &Path, name: &str, seed: u64, steps: &[u32]) -> (Value, Vec<
 fn page_draws_what_the_native_runtime_draws() {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name);
-    let (student, teacher) = tiny_models(dir.path());
-    let run = tiny_run(dir.path(), &student, &teacher, "echodistill");
-    bake_tiny(&student, Some(&run), &d("split"), false);
-    bake_tiny(&student, Some(&run), &d("fused"), true);
+    baked_tiny_run(dir.path());
     // Each loaded once (the fused session takes seconds to create).
     let split = Model::load(&d("split"), &LoadOptions::default()).unwrap();
     let fused = Model::load(&d("fused"), &LoadOptions::default()).unwrap();

@@ -98,17 +98,23 @@ pub fn expected_names(vs: &nn::VarStore) -> Vec<String> {
     names
 }
 
-/// Writes `path` through `write` into a temporary file beside it, then renames it into place,
-/// so a crash never leaves a half-written file under the final name.
-pub fn write_beside(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+/// The hidden name beside `path` that a file or folder (`kind`) is written under before it is
+/// renamed into place; the process id keeps two writers apart.
+fn staging_path(path: &Path, kind: &str) -> Result<PathBuf> {
     let name = path
         .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(
+        .with_context(|| format!("{} is not a {kind} path", path.display()))?;
+    Ok(path.with_file_name(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
         std::process::id()
-    ));
+    )))
+}
+
+/// Writes `path` through `write` into a temporary file beside it, then renames it into place,
+/// so a crash never leaves a half-written file under the final name.
+pub fn write_beside(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = staging_path(path, "file")?;
     write(&tmp)
         .and_then(|()| {
             std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
@@ -132,14 +138,7 @@ pub fn create_folder_beside<T>(
             out.display()
         );
     }
-    let name = out
-        .file_name()
-        .with_context(|| format!("{} is not a folder path", out.display()))?;
-    let tmp = out.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = staging_path(out, "folder")?;
     (|| {
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
