@@ -44,27 +44,43 @@ pip_download() { # pip_download DEST SPEC...
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dest" "$@"
 }
 
-setup_libtorch() {
-    if [[ -f "$LIBTORCH_ROOT/.complete" ]]; then
-        say "libtorch $TORCH_VERSION present at $LIBTORCH_ROOT/torch"
+# install_once DEST PRESENT INSTALLING FILL: installs into the cache folder DEST unless a finished
+# install is there (its .complete marker), saying PRESENT or INSTALLING. FILL STAGE SCRATCH fills
+# the empty folder STAGE, with SCRATCH for downloads; STAGE is renamed to DEST only once FILL has
+# succeeded, so an interrupted install is started again rather than used half-done.
+install_once() {
+    local dest="$1" present="$2" installing="$3" fill="$4"
+    if [[ -f "$dest/.complete" ]]; then
+        say "$present"
         return
     fi
-    say "installing libtorch $TORCH_VERSION from the PyPI torch wheel into $LIBTORCH_ROOT (about 550 MB, a few minutes)"
-    local tmp="$CACHE/tmp-libtorch"
-    rm -rf "$tmp" "$LIBTORCH_ROOT"
-    mkdir -p "$tmp/wheels" "$tmp/root"
-    pip_download "$tmp/wheels" "torch==$TORCH_VERSION" \
+    say "$installing"
+    local stage="$dest.tmp-stage" scratch="$dest.tmp-scratch"
+    rm -rf "$stage" "$scratch" "$dest"
+    mkdir -p "$stage" "$scratch"
+    "$fill" "$stage" "$scratch"
+    touch "$stage/.complete"
+    mv "$stage" "$dest"
+    rm -rf "$scratch"
+    say "ready: $dest"
+}
+
+fill_libtorch() {
+    local stage="$1" wheels="$2"
+    pip_download "$wheels" "torch==$TORCH_VERSION" \
         "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" "nvidia-cuda-cupti==$CUPTI_VERSION"
     # Only the C++ library and headers are needed; the nvidia trees satisfy libtorch_cpu.so's
     # link to libcudart/libcupti through the wheel's own relative rpaths.
-    unzip -q "$tmp"/wheels/torch-*.whl 'torch/lib/*' 'torch/include/*' -d "$tmp/root"
-    for whl in "$tmp"/wheels/nvidia_*.whl; do
-        unzip -q "$whl" 'nvidia/*' -d "$tmp/root"
+    unzip -q "$wheels"/torch-*.whl 'torch/lib/*' 'torch/include/*' -d "$stage"
+    for whl in "$wheels"/nvidia_*.whl; do
+        unzip -q "$whl" 'nvidia/*' -d "$stage"
     done
-    touch "$tmp/root/.complete"
-    mv "$tmp/root" "$LIBTORCH_ROOT"
-    rm -rf "$tmp"
-    say "libtorch ready: $LIBTORCH_ROOT/torch"
+}
+
+setup_libtorch() {
+    install_once "$LIBTORCH_ROOT" "libtorch $TORCH_VERSION present at $LIBTORCH_ROOT/torch" \
+        "installing libtorch $TORCH_VERSION from the PyPI torch wheel into $LIBTORCH_ROOT (about 550 MB, a few minutes)" \
+        fill_libtorch
 }
 
 # ensure_venv DIR WHAT WANT PIP_SPEC...: a Python venv at DIR holding PIP_SPEC. Its .complete file
@@ -96,37 +112,29 @@ setup_python() {
         "onnx==$ONNX_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION" numpy safetensors
 }
 
+fill_onnxruntime() {
+    local stage="$1" wheels="$2"
+    pip_download "$wheels" "onnxruntime==$ONNXRUNTIME_VERSION"
+    unzip -q -j "$wheels"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION" -d "$stage/lib"
+}
+
 setup_onnxruntime() {
-    if [[ -f "$ORT_ROOT/.complete" ]]; then
-        say "onnxruntime $ONNXRUNTIME_VERSION library present at $ORT_LIB"
-        return
-    fi
-    say "extracting libonnxruntime.so $ONNXRUNTIME_VERSION from the PyPI onnxruntime wheel into $ORT_ROOT (about 30 MB)"
-    local tmp="$CACHE/tmp-onnxruntime"
-    rm -rf "$tmp" "$ORT_ROOT"
-    mkdir -p "$tmp/wheels" "$tmp/root/lib"
-    pip_download "$tmp/wheels" "onnxruntime==$ONNXRUNTIME_VERSION"
-    unzip -q -j "$tmp"/wheels/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION" -d "$tmp/root/lib"
-    touch "$tmp/root/.complete"
-    mv "$tmp/root" "$ORT_ROOT"
-    rm -rf "$tmp"
+    install_once "$ORT_ROOT" "onnxruntime $ONNXRUNTIME_VERSION library present at $ORT_LIB" \
+        "extracting libonnxruntime.so $ONNXRUNTIME_VERSION from the PyPI onnxruntime wheel into $ORT_ROOT (about 30 MB)" \
+        fill_onnxruntime
+}
+
+fill_clip_vocab() {
+    local stage="$1" scratch="$2"
+    python3 -m pip download -q --no-deps -d "$scratch" "open-clip-torch==$OPEN_CLIP_VERSION"
+    unzip -q -o "$scratch"/open_clip_torch-*.whl 'open_clip/bpe_simple_vocab_16e6.txt.gz' -d "$scratch"
+    python3 "$ROOT/tests/scripts/openclip_vocab.py" "$scratch/open_clip/bpe_simple_vocab_16e6.txt.gz" "$stage"
 }
 
 setup_clip_vocab() {
-    if [[ -f "$CLIP_TOKENIZER/.complete" ]]; then
-        say "CLIP tokenizer present at $CLIP_TOKENIZER"
-        return
-    fi
-    say "extracting the real CLIP BPE vocabulary from open-clip-torch $OPEN_CLIP_VERSION into $CLIP_TOKENIZER"
-    local tmp="$CACHE/tmp-openclip"
-    rm -rf "$tmp" "$CLIP_TOKENIZER"
-    mkdir -p "$tmp"
-    python3 -m pip download -q --no-deps -d "$tmp" "open-clip-torch==$OPEN_CLIP_VERSION"
-    unzip -q -o "$tmp"/open_clip_torch-*.whl 'open_clip/bpe_simple_vocab_16e6.txt.gz' -d "$tmp"
-    python3 "$ROOT/tests/scripts/openclip_vocab.py" "$tmp/open_clip/bpe_simple_vocab_16e6.txt.gz" "$tmp/tokenizer"
-    touch "$tmp/tokenizer/.complete"
-    mv "$tmp/tokenizer" "$CLIP_TOKENIZER"
-    rm -rf "$tmp"
+    install_once "$CLIP_TOKENIZER" "CLIP tokenizer present at $CLIP_TOKENIZER" \
+        "extracting the real CLIP BPE vocabulary from open-clip-torch $OPEN_CLIP_VERSION into $CLIP_TOKENIZER" \
+        fill_clip_vocab
 }
 
 # Installs Debian packages (as root, or through sudo without a password).
@@ -171,18 +179,15 @@ wasm_cargo() {
     fi
 }
 
-setup_wasm_bindgen() {
-    if [[ -f "$WASM_BINDGEN_ROOT/.complete" ]]; then
-        say "wasm-bindgen-cli $WASM_BINDGEN_VERSION present at $WASM_BINDGEN_ROOT/bin"
-        return
-    fi
-    say "building wasm-bindgen-cli $WASM_BINDGEN_VERSION (Cargo.lock's) into $WASM_BINDGEN_ROOT (about 10 minutes, once)"
-    local tmp="$CACHE/tmp-wasm-bindgen"
-    rm -rf "$tmp" "$WASM_BINDGEN_ROOT"
+fill_wasm_bindgen() {
     # Not --locked: the tool's own lockfile pins a crate the index no longer has.
-    cargo install -q wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$tmp"
-    touch "$tmp/.complete"
-    mv "$tmp" "$WASM_BINDGEN_ROOT"
+    cargo install -q wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$1"
+}
+
+setup_wasm_bindgen() {
+    install_once "$WASM_BINDGEN_ROOT" "wasm-bindgen-cli $WASM_BINDGEN_VERSION present at $WASM_BINDGEN_ROOT/bin" \
+        "building wasm-bindgen-cli $WASM_BINDGEN_VERSION (Cargo.lock's) into $WASM_BINDGEN_ROOT (about 10 minutes, once)" \
+        fill_wasm_bindgen
 }
 
 chromium_path() {
@@ -198,20 +203,16 @@ setup_chromium() {
     apt_install chromium
 }
 
-setup_web_node() {
-    if [[ -f "$WEB_NODE/.complete" ]]; then
-        say "npm packages of web/package-lock.json present at $WEB_NODE"
-        return
-    fi
-    say "installing web/package-lock.json (onnxruntime-web, playwright-core) from npm into $WEB_NODE"
-    local tmp="$CACHE/tmp-web-node"
-    rm -rf "$tmp" "$WEB_NODE"
-    mkdir -p "$tmp"
-    cp "$ROOT/web/package.json" "$ROOT/web/package-lock.json" "$tmp/"
+fill_web_node() {
+    cp "$ROOT/web/package.json" "$ROOT/web/package-lock.json" "$1/"
     # No install scripts: the packages are used as files (the page) and as a library (the driver).
-    (cd "$tmp" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
-    touch "$tmp/.complete"
-    mv "$tmp" "$WEB_NODE"
+    (cd "$1" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+}
+
+setup_web_node() {
+    install_once "$WEB_NODE" "npm packages of web/package-lock.json present at $WEB_NODE" \
+        "installing web/package-lock.json (onnxruntime-web, playwright-core) from npm into $WEB_NODE" \
+        fill_web_node
 }
 
 setup() {
