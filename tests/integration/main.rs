@@ -11,6 +11,7 @@ mod fit_safety;
 mod init_tiny;
 mod losses;
 mod model_parity;
+mod pretrain_toy;
 mod runtime_generate;
 mod runtime_serve;
 mod sample_errors;

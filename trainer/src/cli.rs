@@ -38,6 +38,8 @@ pub enum Command {
     BenchTable(Box<BenchTableArgs>),
     /// Write the toy world's files: its DreamBench-shaped subjects and a preview of its pre-training data.
     ToyData(ToyDataArgs),
+    /// Pre-train the toy world's models (autoencoder, CLIP, DINO, teacher, one-step student) in the real models' layouts (resumable).
+    PretrainToy(PretrainToyArgs),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
 }
@@ -60,6 +62,29 @@ pub struct ToyDataArgs {
     /// Pre-training items shown in the preview.
     #[arg(long, default_value_t = 64)]
     pub samples: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PretrainToyArgs {
+    /// The folder to create (or, with --resume, to continue): teacher/, student/, towers/,
+    /// report/, manifest.yaml.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Settings (YAML; every key optional, defaults from `--print-config`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the resolved settings as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// The real CLIP tokenizer folder (the toy models use its vocabulary).
+    #[arg(long, env = "ECHODISTILL_CLIP_TOKENIZER", value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]

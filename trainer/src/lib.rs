@@ -3,7 +3,7 @@
 //! models for tests, the demo and benchmarks ([`random_init`]); the frozen image towers
 //! ([`towers`], [`vision`]), the discriminator ensemble ([`discriminator`]) and the student's
 //! losses ([`losses`]); the DreamBench evaluation ([`eval`]); the self-made toy world
-//! ([`toy`]).
+//! ([`toy`]) and the pre-training of its models ([`pretrain`]).
 
 pub mod checkpoint;
 pub mod device;
@@ -12,6 +12,7 @@ pub mod eval;
 pub mod fit;
 pub mod losses;
 pub mod models;
+pub mod pretrain;
 pub mod random_init;
 pub mod sampling;
 pub mod towers;

@@ -8,6 +8,7 @@ mod env;
 mod eval;
 mod fit;
 mod init_tiny;
+mod pretrain_toy;
 mod sample;
 mod tokenize;
 mod toy_data;
@@ -35,6 +36,7 @@ pub fn run(command: Command) -> Result<Option<u8>> {
         Command::BenchEval(args) => done(eval::bench(&args)),
         Command::BenchTable(args) => done(eval::bench_table(&args)),
         Command::ToyData(args) => done(toy_data::run(&args)),
+        Command::PretrainToy(args) => pretrain_toy::run_command(&args),
         Command::Env => done(env::run()),
     }
 }

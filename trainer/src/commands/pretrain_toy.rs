@@ -1,0 +1,60 @@
+//! `trainer pretrain-toy`: pre-trains the toy world's models (see [`trainer::pretrain`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use trainer::device::parse_device;
+use trainer::pretrain::{outputs, run, PretrainConfig, PretrainOptions, PretrainOutcome};
+
+use super::fit::INTERRUPTED;
+use crate::cli::PretrainToyArgs;
+
+pub fn run_command(args: &PretrainToyArgs) -> Result<Option<u8>> {
+    let config = match &args.config {
+        Some(path) => PretrainConfig::load(path)?,
+        None => PretrainConfig::default(),
+    };
+    if args.print_config {
+        print!("{}", serde_yaml::to_string(&config)?);
+        return Ok(None);
+    }
+    let tokenizer = args.tokenizer.as_deref().context(
+        "no tokenizer: pass --tokenizer DIR (a CLIP tokenizer folder) or set ECHODISTILL_CLIP_TOKENIZER (./run.sh env sets it)",
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: quitting without a new checkpoint");
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let options = PretrainOptions {
+        out: &args.out,
+        config,
+        tokenizer,
+        resume: args.resume,
+        stop: Some(&stop),
+        quiet: false,
+        device: parse_device(&args.device)?,
+    };
+    match run(&options)? {
+        PretrainOutcome::Finished => {
+            println!("pre-trained the toy world in {}:", args.out.display());
+            for path in outputs(&args.out) {
+                println!("  {}", path.display());
+            }
+            Ok(None)
+        }
+        PretrainOutcome::Interrupted => {
+            eprintln!(
+                "stopped; continue with: trainer pretrain-toy --out {} --resume",
+                args.out.display()
+            );
+            Ok(Some(INTERRUPTED))
+        }
+    }
+}

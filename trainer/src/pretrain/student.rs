@@ -1,0 +1,240 @@
+//! Stage 5: the one-step student (the toy SD-Turbo), made from the teacher the way SD-Turbo was
+//! made from SD 2.1 (adversarial diffusion distillation, Sauer et al. 2023):
+//! - the student starts as a copy of the teacher's UNet and shares its frozen text encoder;
+//! - it denoises real latents noised at one of its few timesteps (999, 749, 499, 249) in one
+//!   step to x̂_0;
+//! - distillation: x̂_0 is noised again at a random t′, the frozen teacher (with guidance)
+//!   denoises it, and the student is pulled towards the teacher's x_0 with ADD's weight
+//!   c(t′) = ᾱ_t′;
+//! - adversarial: x̂_0 is decoded and judged by the project's discriminator ensemble (a trained
+//!   head on the frozen toy DINO's features, hinge loss as ADD), whose head trains on real
+//!   scenes against the student's.
+
+use anyhow::Result;
+use runtime::ClipTokenizer;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::latents::PoolLatents;
+use super::pool::Pool;
+use super::stage::Stage;
+use crate::discriminator::Ensemble;
+use crate::fit::config::Adam;
+use crate::fit::optim::AdamW;
+use crate::losses::alignment::timestep_weight;
+use crate::losses::diffusion::coefficients;
+use crate::models::clip_text::ClipTextModel;
+use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::sampling::token_ids;
+
+/// The student stage's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudentSettings {
+    /// Steps.
+    pub steps: usize,
+    /// Scenes per step.
+    pub batch: usize,
+    /// Peak learning rate of the student.
+    pub lr: f64,
+    /// Peak learning rate of the discriminator head.
+    pub discriminator_lr: f64,
+    /// The student's timesteps (SD-Turbo's four).
+    pub timesteps: Vec<usize>,
+    /// The teacher's guidance scale for distillation targets.
+    pub guidance: f64,
+    /// Weight of the distillation loss (ADD's λ = 2.5) against the adversarial loss (1).
+    pub distillation_weight: f64,
+}
+
+impl Default for StudentSettings {
+    fn default() -> Self {
+        Self {
+            steps: 1200,
+            batch: 32,
+            lr: 1e-4,
+            discriminator_lr: 2e-4,
+            timesteps: vec![999, 749, 499, 249],
+            guidance: 4.0,
+            distillation_weight: 2.5,
+        }
+    }
+}
+
+/// The stage's key for batch draws.
+pub const STREAM: u64 = 5;
+
+/// The frozen networks the student learns from.
+pub struct Frozen<'a> {
+    /// The teacher's UNet.
+    pub teacher: &'a UNet2DConditionModel,
+    /// Its weights (the student's starting point).
+    pub teacher_weights: &'a nn::VarStore,
+    /// The shared text encoder.
+    pub text: &'a ClipTextModel,
+    /// The autoencoder (its decoder passes gradients to the student).
+    pub vae: &'a AutoencoderKL,
+    /// The tokenizer.
+    pub tokenizer: &'a ClipTokenizer,
+    /// ᾱ_t of the shared training schedule.
+    pub alphas_cumprod: Vec<f32>,
+}
+
+/// The student being trained.
+pub struct StudentStage<'a> {
+    pool: &'a Pool,
+    latents: &'a PoolLatents,
+    frozen: Frozen<'a>,
+    settings: StudentSettings,
+    device: Device,
+    /// The student's weights.
+    pub vs: nn::VarStore,
+    /// The student.
+    pub unet: UNet2DConditionModel,
+    ensemble: Ensemble,
+    opt: AdamW,
+    head_opt: AdamW,
+    unconditional: Tensor,
+}
+
+impl<'a> StudentStage<'a> {
+    /// A student copied from the teacher (`build` makes the architecture) and a fresh
+    /// discriminator head.
+    pub fn new(
+        pool: &'a Pool,
+        latents: &'a PoolLatents,
+        frozen: Frozen<'a>,
+        build: impl FnOnce(nn::Path) -> Result<UNet2DConditionModel>,
+        ensemble: Ensemble,
+        settings: StudentSettings,
+        device: Device,
+    ) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let unet = build(vs.root())?;
+        vs.copy(frozen.teacher_weights)?;
+        let opt = AdamW::new(&vs, settings.lr, &Adam::default());
+        let head_opt = AdamW::new(
+            &ensemble.heads,
+            settings.discriminator_lr,
+            &Adam {
+                beta1: 0.0,
+                beta2: 0.99,
+                ..Adam::default()
+            },
+        );
+        let unconditional = tch::no_grad(|| {
+            frozen
+                .text
+                .forward(&token_ids(frozen.tokenizer, &[""], device))
+        });
+        Ok(Self {
+            pool,
+            latents,
+            frozen,
+            settings,
+            device,
+            vs,
+            unet,
+            ensemble,
+            opt,
+            head_opt,
+            unconditional,
+        })
+    }
+}
+
+impl Stage for StudentStage<'_> {
+    fn name(&self) -> &'static str {
+        "student"
+    }
+
+    fn stores(&self) -> Vec<(&'static str, &nn::VarStore)> {
+        vec![("unet", &self.vs), ("heads", &self.ensemble.heads)]
+    }
+
+    fn optimizers(&mut self) -> Vec<(&'static str, &mut AdamW)> {
+        vec![("unet", &mut self.opt), ("heads", &mut self.head_opt)]
+    }
+
+    fn step(&mut self, step: usize, lr_scale: f64) -> Result<Vec<(&'static str, f64)>> {
+        let s = &self.settings;
+        let f = &self.frozen;
+        let n = s.batch as i64;
+        let idx = self.pool.draw(STREAM, step, s.batch);
+        let x0 = self.latents.sample(&idx, self.device);
+        let real = self.pool.images(&idx).to_device(self.device);
+        let captions = self.pool.captions(&idx, 0.0, step);
+        let context = tch::no_grad(|| {
+            f.text
+                .forward(&token_ids(f.tokenizer, &captions, self.device))
+        });
+
+        // The student's one step from a noised real latent.
+        let pick = Tensor::randint(s.timesteps.len() as i64, [n], (Kind::Int64, Device::Cpu));
+        let ts: Vec<usize> = Vec::<i64>::try_from(&pick)?
+            .into_iter()
+            .map(|k| s.timesteps[k as usize])
+            .collect();
+        let (a, sd) = coefficients(&f.alphas_cumprod, &ts, self.device);
+        let xs = &x0 * &a + x0.randn_like() * &sd;
+        let t_student = Tensor::from_slice(&ts.iter().map(|&t| t as f32).collect::<Vec<_>>())
+            .to_device(self.device);
+        let eps_hat = self.unet.forward(&xs, &t_student, &context);
+        let x0_hat = (&xs - &eps_hat * &sd) / &a;
+
+        // The teacher's guided denoising of the student's output, noised again.
+        let t2 = Tensor::randint(
+            f.alphas_cumprod.len() as i64,
+            [n],
+            (Kind::Int64, Device::Cpu),
+        );
+        let ts2: Vec<usize> = Vec::<i64>::try_from(&t2)?
+            .into_iter()
+            .map(|v| v as usize)
+            .collect();
+        let (a2, s2) = coefficients(&f.alphas_cumprod, &ts2, self.device);
+        let target = tch::no_grad(|| {
+            let xt2 = x0_hat.detach() * &a2 + x0_hat.randn_like() * &s2;
+            let t2f = t2.to_kind(Kind::Float).to_device(self.device);
+            let both = f.teacher.forward(
+                &Tensor::cat(&[&xt2, &xt2], 0),
+                &Tensor::cat(&[&t2f, &t2f], 0),
+                &Tensor::cat(
+                    &[
+                        context.shallow_clone(),
+                        self.unconditional.expand([n, -1, -1], false),
+                    ],
+                    0,
+                ),
+            );
+            let parts = both.chunk(2, 0);
+            let eps = &parts[1] + (&parts[0] - &parts[1]) * s.guidance;
+            (xt2 - eps * &s2) / &a2
+        });
+        let weight = Tensor::from_slice(&timestep_weight(&f.alphas_cumprod, &ts2))
+            .view([n, 1, 1, 1])
+            .to_device(self.device);
+        let distill = ((&x0_hat - &target).square() * weight).mean(Kind::Float);
+
+        // The discriminators on the decoded one-step images.
+        let fake = f.vae.decode(&(&x0_hat / self.latents.scaling()));
+        let adversarial = self.ensemble.generator_loss(&fake)?;
+        let loss = &adversarial + &distill * s.distillation_weight;
+        self.opt.lr = s.lr * lr_scale;
+        self.opt.zero_grad();
+        loss.backward();
+        self.opt.step();
+
+        let d_loss = self.ensemble.discriminator_loss(&real, &fake)?;
+        self.head_opt.lr = s.discriminator_lr * lr_scale;
+        self.head_opt.zero_grad();
+        d_loss.backward();
+        self.head_opt.step();
+        Ok(vec![
+            ("distill", distill.double_value(&[])),
+            ("adv", adversarial.double_value(&[])),
+            ("disc", d_loss.double_value(&[])),
+        ])
+    }
+}
