@@ -14,6 +14,24 @@ use crate::cli::FitArgs;
 pub const INTERRUPTED: u8 = 130;
 
 /// Runs the command; `Ok(Some(code))` asks for a non-zero exit without an error message.
+/// Installs the Ctrl-C handler of the long-running commands: the first Ctrl-C sets the returned
+/// flag (the run checkpoints after its current `unit` and stops), a second one quits at once.
+pub fn stop_on_ctrl_c(unit: &'static str) -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: quitting without a new checkpoint");
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+        eprintln!(
+            "\ninterrupted: saving a checkpoint after this {unit} (Ctrl-C again to quit now)"
+        );
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 pub fn run(args: &FitArgs) -> Result<Option<u8>> {
     let config = if args.resume {
         FitConfig::load(Some(&args.out.join("config.yaml")), &[]).with_context(|| {
@@ -44,18 +62,7 @@ pub fn run(args: &FitArgs) -> Result<Option<u8>> {
         print!("{}", config.to_yaml()?);
         return Ok(None);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: quitting without a new checkpoint");
-            std::process::exit(i32::from(INTERRUPTED));
-        }
-        eprintln!(
-            "\ninterrupted: saving a checkpoint after this iteration (Ctrl-C again to quit now)"
-        );
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let stop = stop_on_ctrl_c("iteration")?;
     let options = RunOptions {
         resume: args.resume,
         stop: Some(stop),

@@ -1,13 +1,10 @@
 //! `trainer pretrain-toy`: pre-trains the toy world's models (see [`trainer::pretrain`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use trainer::device::parse_device;
 use trainer::pretrain::{outputs, run, PretrainConfig, PretrainOptions, PretrainOutcome};
 
-use super::fit::INTERRUPTED;
+use super::fit::{stop_on_ctrl_c, INTERRUPTED};
 use crate::cli::PretrainToyArgs;
 
 pub fn run_command(args: &PretrainToyArgs) -> Result<Option<u8>> {
@@ -22,16 +19,7 @@ pub fn run_command(args: &PretrainToyArgs) -> Result<Option<u8>> {
     let tokenizer = args.tokenizer.as_deref().context(
         "no tokenizer: pass --tokenizer DIR (a CLIP tokenizer folder) or set ECHODISTILL_CLIP_TOKENIZER (./run.sh env sets it)",
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: quitting without a new checkpoint");
-            std::process::exit(i32::from(INTERRUPTED));
-        }
-        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)");
-    })
-    .context("cannot install the Ctrl-C handler")?;
+    let stop = stop_on_ctrl_c("step")?;
     let options = PretrainOptions {
         out: &args.out,
         config,

@@ -168,16 +168,14 @@ fn caption_accuracy(
     })
 }
 
-/// One image per prompt from a pipeline folder, (n, 3, s, s) in [-1, 1] on the CPU.
+/// One image per prompt (prompt k from seed k), (n, 3, s, s) in [-1, 1] on the CPU.
 fn generate(
-    model: &Path,
-    opts: LoadOptions,
+    pipeline: &Pipeline,
     prompts: &[String],
     steps: usize,
     guidance: f64,
     side: i64,
 ) -> Result<Tensor> {
-    let pipeline = Pipeline::load(model, opts)?;
     let mut images = Vec::new();
     for (k, prompt) in prompts.iter().enumerate() {
         let req = SampleRequest {
@@ -277,15 +275,10 @@ pub fn write_report(
             texts.len()
         );
     }
-    let teacher_images = generate(
-        &out.join("teacher"),
-        opts,
-        &texts,
-        r.teacher_steps,
-        r.guidance,
-        side,
-    )?;
-    let student_images = generate(&out.join("student"), opts, &texts, 1, 0.0, side)?;
+    let teacher = Pipeline::load(&out.join("teacher"), opts)?;
+    let student = Pipeline::load(&out.join("student"), opts)?;
+    let teacher_images = generate(&teacher, &texts, r.teacher_steps, r.guidance, side)?;
+    let student_images = generate(&student, &texts, 1, 0.0, side)?;
     let gates = Gates {
         vae_mae,
         vae_psnr,
@@ -310,19 +303,12 @@ pub fn write_report(
         (
             "teacher.png",
             "Teacher, 25 DDIM steps with guidance",
-            generate(
-                &out.join("teacher"),
-                opts,
-                &held_in,
-                r.teacher_steps,
-                r.guidance,
-                side,
-            )?,
+            generate(&teacher, &held_in, r.teacher_steps, r.guidance, side)?,
         ),
         (
             "student.png",
             "Student, one step",
-            generate(&out.join("student"), opts, &held_in, 1, 0.0, side)?,
+            generate(&student, &held_in, 1, 0.0, side)?,
         ),
     ];
     let mut images = Vec::new();
