@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 use trainer::checkpoint::component::LoadOptions;
+use trainer::pretrain::pack::pack;
 use trainer::pretrain::{run, PretrainConfig, PretrainOptions, PretrainOutcome};
-use trainer::sampling::Pipeline;
-use trainer::towers::{load_clip_model, load_dino_v1};
+use trainer::sampling::{NoiseSource, Pipeline, SampleRequest};
+use trainer::towers::{load_clip_model, load_dino_v1, IpEncoder};
 
 const OPTS: LoadOptions = LoadOptions {
     device: Device::Cpu,
@@ -70,6 +71,23 @@ fn pretrain_toy_writes_loadable_models_a_report_and_resumes_exactly() {
     assert_eq!(vision.model.image_size(), 64);
     assert!(tokenizer.len() >= 49408);
     load_dino_v1(&whole.join("towers/dino-v1"), OPTS).unwrap();
+    // `trainer fit`'s identity encoder: the toy CLIP's vision tower, unchanged, and a projection
+    // to four UNet-wide tokens.
+    let ip = IpEncoder::load(
+        &whole.join("towers/image_encoder"),
+        &whole.join("towers/ip-adapter.safetensors"),
+        OPTS,
+        true,
+    )
+    .unwrap();
+    let pixels = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let a = vision.model.forward(&pixels).unwrap().image_embeds;
+    let b = ip.encoder.model.forward(&pixels).unwrap().image_embeds;
+    assert!(
+        a.equal(&b),
+        "the image encoder is not the toy CLIP's vision tower"
+    );
+    assert_eq!(ip.tokens(&pixels).unwrap().size(), [2, 4, 64]);
     // Teacher and student share the autoencoder and the text encoder.
     for shared in [
         "vae/diffusion_pytorch_model.safetensors",
@@ -109,6 +127,11 @@ fn pretrain_toy_writes_loadable_models_a_report_and_resumes_exactly() {
     for key in ["vae_mae", "vae_psnr", "clip_retrieval_top1"] {
         assert!(gates[key].as_f64().is_some_and(f64::is_finite), "{key}");
     }
+    for tower in ["clip_subjects", "dino_subjects"] {
+        let top1 = gates[tower]["top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{tower}: {top1}");
+    }
+    assert_eq!(gates["subject_references"].as_u64(), Some(159));
     for source in ["renders", "teacher", "student"] {
         let colour = gates[source]["colour"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&colour), "{source}: {colour}");
@@ -121,6 +144,58 @@ fn pretrain_toy_writes_loadable_models_a_report_and_resumes_exactly() {
     ] {
         assert!(html.contains(part), "the report lacks {part:?}");
     }
+    // The packed copy: f16 weight files that the same loaders read, drawing what the f32 run
+    // draws up to half-precision rounding.
+    let packed = dir.path().join("packed");
+    let written = pack(&whole, &packed).unwrap();
+    assert!(written.len() >= 9, "{written:?}");
+    let f32_unet = whole.join("student/unet/diffusion_pytorch_model.safetensors");
+    let f16_unet = packed.join("student/unet/diffusion_pytorch_model.fp16.safetensors");
+    assert!(!packed
+        .join("student/unet/diffusion_pytorch_model.safetensors")
+        .exists());
+    let (full, half) = (read(&f32_unet).len(), read(&f16_unet).len());
+    // Half the bytes, but for the two headers.
+    assert!(half < full / 2 + 65536, "{half} bytes packed from {full}");
+    assert!(!packed.join("work").exists());
+    let manifest_text = String::from_utf8(read(&packed.join("manifest.yaml"))).unwrap();
+    assert!(manifest_text.contains("packed:"), "{manifest_text}");
+    let request = SampleRequest {
+        prompt: "a red star on a white background".into(),
+        negative_prompt: String::new(),
+        steps: 1,
+        guidance: 0.0,
+        scheduler: None,
+        height: 64,
+        width: 64,
+    };
+    let draw = |dir: &Path| {
+        Pipeline::load(dir, OPTS)
+            .unwrap()
+            .sample(&request, &NoiseSource::Seed(3))
+            .unwrap()
+            .images
+    };
+    let diff = (draw(&whole.join("student")) - draw(&packed.join("student")))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        diff < 0.02,
+        "the f16 student draws {diff} away from the f32 one"
+    );
+    load_dino_v1(&packed.join("towers/dino-v1"), OPTS).unwrap();
+    load_clip_model(&packed.join("towers/clip"), OPTS).unwrap();
+    IpEncoder::load(
+        &packed.join("towers/image_encoder"),
+        &packed.join("towers/ip-adapter.safetensors"),
+        OPTS,
+        true,
+    )
+    .unwrap();
+    let err = pack(&dir.path().join("none"), &dir.path().join("p2")).unwrap_err();
+    assert!(format!("{err:#}").contains("not a finished"), "{err:#}");
+
     // Finished stages leave their logs, not their checkpoints.
     assert!(whole.join("work/teacher.jsonl").is_file());
     assert!(!whole.join("work/teacher.safetensors").exists());

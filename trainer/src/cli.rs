@@ -40,6 +40,8 @@ pub enum Command {
     ToyData(ToyDataArgs),
     /// Pre-train the toy world's models (autoencoder, CLIP, DINO, teacher, one-step student) in the real models' layouts (resumable).
     PretrainToy(PretrainToyArgs),
+    /// Copy a finished pretrain-toy run's models into a new folder with f16 weights (the repository's committed toy models).
+    ToyPack(ToyPackArgs),
     /// Print the libtorch build this binary uses and the devices it can see.
     Env,
 }
@@ -88,6 +90,16 @@ pub struct PretrainToyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ToyPackArgs {
+    /// A finished `trainer pretrain-toy` output folder.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The folder to create: teacher/, student/, towers/ with f16 weights, report/, manifest.yaml.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct BenchTableArgs {
     /// The manifest (YAML): dataset, subjects, fit overrides, eval backbones, methods.
     #[arg(long, value_name = "FILE")]
@@ -102,6 +114,19 @@ pub struct BenchTableArgs {
     /// Only merge the finished cells' scores into the table.
     #[arg(long)]
     pub collect: bool,
+    /// Only these subjects (comma-separated) instead of the manifest's list.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub subjects: Vec<String>,
+    /// A `trainer fit` override after the manifest's `fit` list, e.g. `--set iterations=50`
+    /// (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Only the first N prompts of each subject instead of the manifest's `eval.prompts`.
+    #[arg(long, value_name = "N")]
+    pub prompts: Option<usize>,
+    /// Seeds per prompt (comma-separated) instead of the manifest's `eval.seeds`.
+    #[arg(long, value_delimiter = ',', value_name = "SEEDS")]
+    pub seeds: Vec<u64>,
     /// Hide the progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -200,21 +225,27 @@ pub struct BenchArgs {
     /// A folder of photos to train on.
     #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
-    /// Image side in pixels.
-    #[arg(long, default_value_t = 512)]
-    pub resolution: i64,
-    /// Images per step.
-    #[arg(long, default_value_t = 2)]
-    pub batch: i64,
+    /// A `trainer fit` config file (e.g. trainer/assets/toy/fit.yaml for the toy models).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override any fit config key (repeatable), e.g. `--set losses.swd=0`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Image side in pixels (default: the config's, 512 without one).
+    #[arg(long)]
+    pub resolution: Option<i64>,
+    /// Images per step (default: the config's, 2 without one).
+    #[arg(long)]
+    pub batch: Option<i64>,
     /// Untimed iterations first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Timed iterations.
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
-    /// DINOv2's input side (518 for the real tower).
-    #[arg(long, default_value_t = 518)]
-    pub dino_v2_size: i64,
+    /// DINOv2's input side (default: the config's, 518 without one).
+    #[arg(long)]
+    pub dino_v2_size: Option<i64>,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,

@@ -18,27 +18,33 @@ fn peak_rss_gib() -> Option<f64> {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     ensure!(args.iters > 0, "--iters must be at least 1");
-    let mut config = FitConfig::load(
-        None,
-        &[format!(
-            "concepts={}",
-            serde_json::json!([{"images": args.images, "token": "<new1>", "class": "dog"}])
-        )],
-    )?;
+    let mut overrides = vec![format!(
+        "concepts={}",
+        serde_json::json!([{"images": args.images, "token": "<new1>", "class": "dog"}])
+    )];
+    overrides.extend(args.set.iter().cloned());
+    let mut config = FitConfig::load(args.config.as_deref(), &overrides)?;
     config.student = args.student.clone();
     config.teacher = args.teacher.clone();
     config.towers = Some(args.towers.clone());
-    config.resolution = args.resolution;
-    config.batch_size = args.batch;
-    config.dino_v2_size = args.dino_v2_size;
+    if let Some(r) = args.resolution {
+        config.resolution = r;
+    }
+    if let Some(b) = args.batch {
+        config.batch_size = b;
+    }
+    if let Some(s) = args.dino_v2_size {
+        config.dino_v2_size = s;
+    }
     config.device = args.device.clone();
     config.dtype = args.dtype.clone();
     config.echo.enabled = false;
     config.validate()?;
+    let (batch, resolution) = (config.batch_size, config.resolution);
     let mut d = Distiller::new(config)?;
     println!(
         "bench: EchoDistill iteration, batch {}, {} px, {} {}, {} warm-up + {} timed",
-        args.batch, args.resolution, args.device, args.dtype, args.warmup, args.iters
+        batch, resolution, args.device, args.dtype, args.warmup, args.iters
     );
     for _ in 0..args.warmup {
         d.step()?;

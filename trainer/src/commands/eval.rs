@@ -86,7 +86,8 @@ pub fn bench(args: &BenchEvalArgs) -> Result<()> {
 /// `trainer bench-table`: the manifest's fits and evaluations (this shard's, or all), then the
 /// table (unless sharded: each shard stops after its cells; `--collect` merges them).
 pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
-    let manifest = Manifest::load(&args.manifest)?;
+    let mut manifest = Manifest::load(&args.manifest)?;
+    manifest.narrow(&args.subjects, &args.set, args.prompts, &args.seeds);
     if !args.collect {
         let opts = load_options(&args.device)?;
         run_units(

@@ -12,6 +12,7 @@ mod pretrain_toy;
 mod sample;
 mod tokenize;
 mod toy_data;
+mod toy_pack;
 
 use std::path::Path;
 
@@ -37,6 +38,7 @@ pub fn run(command: Command) -> Result<Option<u8>> {
         Command::BenchTable(args) => done(eval::bench_table(&args)),
         Command::ToyData(args) => done(toy_data::run(&args)),
         Command::PretrainToy(args) => pretrain_toy::run_command(&args),
+        Command::ToyPack(args) => done(toy_pack::run(&args)),
         Command::Env => done(env::run()),
     }
 }

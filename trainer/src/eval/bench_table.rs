@@ -79,6 +79,9 @@ pub struct Manifest {
     /// The modifier token.
     #[serde(default = "default_token")]
     pub token: String,
+    /// A `trainer fit` config file every run starts from (before the `fit` overrides).
+    #[serde(default)]
+    pub fit_config: Option<PathBuf>,
     /// `trainer fit` overrides for every run (models, towers, iterations, device...).
     #[serde(default)]
     pub fit: Vec<String>,
@@ -90,6 +93,22 @@ pub struct Manifest {
 
 fn default_token() -> String {
     "<new1>".into()
+}
+
+/// The `trainer fit` keys whose values are paths.
+pub const PATH_KEYS: [&str; 4] = ["student", "teacher", "towers", "baseline.class_data_dir"];
+
+/// `key=value` with a [`PATH_KEYS`] key and a relative value that exists under `base`, as
+/// `key=base/value`; any other override unchanged.
+fn resolve_override(o: &str, base: &Path) -> String {
+    if let Some((key, value)) = o.split_once('=') {
+        let (key, value) = (key.trim(), value.trim());
+        let path = Path::new(value);
+        if PATH_KEYS.contains(&key) && path.is_relative() && base.join(path).exists() {
+            return format!("{key}={}", base.join(path).display());
+        }
+    }
+    o.to_string()
 }
 
 /// One training run and the evaluations that read it.
@@ -140,17 +159,31 @@ impl std::str::FromStr for Shard {
 }
 
 impl Manifest {
-    /// Reads and checks a manifest; relative paths are taken from the manifest's folder.
+    /// Reads and checks a manifest; relative paths are taken from the manifest's folder: the
+    /// dataset and the backbones always, and the models of `fit` and `set` overrides
+    /// ([`PATH_KEYS`]) when that names an existing path (otherwise the value stays as written:
+    /// a Hugging Face repo id such as `stabilityai/sd-turbo`, or a folder under the working
+    /// directory).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the manifest {}", path.display()))?;
         let mut m: Manifest = serde_yaml::from_str(&text)
             .with_context(|| format!("{}: not a valid bench-table manifest", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut m.dataset, &mut m.eval.clip, &mut m.eval.dino] {
+        for p in [&mut m.dataset, &mut m.eval.clip, &mut m.eval.dino]
+            .into_iter()
+            .chain(m.fit_config.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        for o in m
+            .fit
+            .iter_mut()
+            .chain(m.methods.iter_mut().flat_map(|x| x.set.iter_mut()))
+        {
+            *o = resolve_override(o, base);
         }
         m.check().with_context(|| path.display().to_string())?;
         Ok(m)
@@ -194,6 +227,27 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// A smaller or adjusted table from the command line: other subjects, `fit` overrides
+    /// appended, fewer prompts, other seeds (empty and `None` keep the manifest's).
+    pub fn narrow(
+        &mut self,
+        subjects: &[String],
+        fit: &[String],
+        prompts: Option<usize>,
+        seeds: &[u64],
+    ) {
+        if !subjects.is_empty() {
+            self.subjects = subjects.to_vec();
+        }
+        self.fit.extend(fit.iter().cloned());
+        if prompts.is_some() {
+            self.eval.prompts = prompts;
+        }
+        if !seeds.is_empty() {
+            self.eval.seeds = seeds.to_vec();
+        }
     }
 
     /// The subjects, checked against the dataset.
@@ -252,7 +306,7 @@ impl Manifest {
             subject.class,
             init
         ));
-        FitConfig::load(None, &o).with_context(|| {
+        FitConfig::load(self.fit_config.as_deref(), &o).with_context(|| {
             format!(
                 "the fit settings of {:?} on {}",
                 self.methods[unit.fit].label, unit.subject
@@ -455,5 +509,29 @@ mod tests {
         let mut m = manifest();
         m.methods[2].label = "EchoDistill".into();
         assert!(m.check().unwrap_err().to_string().contains("twice"));
+    }
+
+    /// Model paths in overrides are read from the manifest's folder when they exist there;
+    /// repo ids, other keys and absolute paths stay as written.
+    #[test]
+    fn override_paths_resolve_from_the_manifest_folder() {
+        let base = std::env::temp_dir().join(format!("bench-table-paths-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("models/student")).unwrap();
+        let shown = |p: &str| base.join(p).display().to_string();
+        assert_eq!(
+            resolve_override("student=models/student", &base),
+            format!("student={}", shown("models/student"))
+        );
+        assert_eq!(
+            resolve_override("teacher=stabilityai/stable-diffusion-2-1", &base),
+            "teacher=stabilityai/stable-diffusion-2-1"
+        );
+        assert_eq!(resolve_override("iterations=10", &base), "iterations=10");
+        assert_eq!(
+            resolve_override("concepts=models/student", &base),
+            "concepts=models/student"
+        );
+        assert_eq!(resolve_override("towers=/abs/t", &base), "towers=/abs/t");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -56,6 +56,9 @@ pub struct Losses {
     pub mse: f64,
     /// λ_swd.
     pub swd: f64,
+    /// MS-SWD's pyramid levels (SPEC §6: 5). The coarsest level must be wider than half the
+    /// 11-pixel patch, so 64-pixel images (the toy world) take at most 4.
+    pub swd_scales: usize,
     /// `ce` (default, the authors' code) or `hinge`.
     pub adversarial: String,
 }
@@ -66,6 +69,7 @@ impl Default for Losses {
             identity: 1.0,
             mse: 1.0,
             swd: 0.1,
+            swd_scales: 5,
             adversarial: "ce".into(),
         }
     }
@@ -444,6 +448,14 @@ impl Stage {
     }
 }
 
+/// The most MS-SWD levels images of `resolution` pixels allow.
+fn max_swd_scales(resolution: i64) -> usize {
+    (1..=16)
+        .take_while(|&s| resolution >> (s - 1) > crate::losses::ms_swd::PATCH / 2)
+        .last()
+        .unwrap_or(0)
+}
+
 /// Every setting of `trainer fit`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -678,6 +690,18 @@ impl FitConfig {
                 bail!("discriminators: unknown {d:?} (dinov1, dinov2, ip)");
             }
         }
+        if self.method == MethodKind::Echodistill {
+            let scales = self.losses.swd_scales;
+            ensure!(
+                (1..=16).contains(&scales)
+                    && self.resolution >> (scales - 1) > crate::losses::ms_swd::PATCH / 2,
+                "losses.swd_scales {scales}: MS-SWD's coarsest level of {} px images must be wider than {} pixels (half its {}-pixel patch); use at most {} scales at this resolution",
+                self.resolution,
+                crate::losses::ms_swd::PATCH / 2,
+                crate::losses::ms_swd::PATCH,
+                max_swd_scales(self.resolution)
+            );
+        }
         if !["ce", "hinge"].contains(&self.losses.adversarial.as_str()) {
             bail!(
                 "losses.adversarial: {:?} is not ce or hinge",
@@ -850,6 +874,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("resolution 100"));
+        // 64-pixel images leave MS-SWD's fifth level 4 pixels wide: refused up front, naming
+        // the setting and the most levels that fit; baselines have no MS-SWD.
+        let mut o = with_concept();
+        o.push("resolution=64".into());
+        let err = FitConfig::load(None, &o).unwrap_err().to_string();
+        assert!(
+            err.contains("losses.swd_scales 5") && err.contains("at most 4"),
+            "{err}"
+        );
+        o.push("losses.swd_scales=4".into());
+        assert_eq!(FitConfig::load(None, &o).unwrap().losses.swd_scales, 4);
+        o.pop();
+        o.push("method=lora".into());
+        assert!(FitConfig::load(None, &o).is_ok());
         let err = FitConfig::load(None, &["bogus=1".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("bogus"), "{err:#}");
         assert!(FitConfig::load(None, &[])

@@ -465,6 +465,7 @@ impl Distiller {
             dino_v1_size: None,
             dino_v2_size: Some(config.dino_v2_size),
             seed: config.seed.wrapping_add(1),
+            swd_scales: config.losses.swd_scales,
         };
         let losses = LossStack::load(&towers, opts, &stack_config)?;
 

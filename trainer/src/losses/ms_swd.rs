@@ -17,6 +17,11 @@ use anyhow::{ensure, Result};
 use runtime::GaussianRng;
 use tch::{Kind, Tensor};
 
+/// Side of the patches the spec projects (11×11).
+pub const PATCH: i64 = 11;
+/// Random directions per scale.
+pub const PROJECTIONS: i64 = 128;
+
 /// MS-SWD settings and its direction generator.
 #[derive(Debug)]
 pub struct MsSwd {
@@ -128,7 +133,7 @@ pub fn sliced_wasserstein(x: &Tensor, y: &Tensor, directions: &Tensor) -> Tensor
 impl MsSwd {
     /// The spec's setting: 5 scales, 128 directions over 11×11 patches.
     pub fn new(seed: u64) -> Self {
-        Self::with_settings(5, 128, 11, seed)
+        Self::with_settings(5, PROJECTIONS, PATCH, seed)
     }
 
     /// Any number of scales, directions and patch side (odd).

@@ -31,6 +31,8 @@ pub struct StackConfig {
     pub dino_v2_size: Option<i64>,
     /// Seed of MS-SWD's directions.
     pub seed: u64,
+    /// MS-SWD's pyramid levels (5 in the spec).
+    pub swd_scales: usize,
 }
 
 impl Default for StackConfig {
@@ -43,6 +45,7 @@ impl Default for StackConfig {
             dino_v1_size: None,
             dino_v2_size: Some(518),
             seed: 0,
+            swd_scales: 5,
         }
     }
 }
@@ -108,7 +111,12 @@ impl LossStack {
         Ok(Self {
             ensemble: Ensemble::new(backbones, config.adversarial, opts.device)?,
             ip,
-            ms_swd: MsSwd::new(config.seed),
+            ms_swd: MsSwd::with_settings(
+                config.swd_scales,
+                crate::losses::ms_swd::PROJECTIONS,
+                crate::losses::ms_swd::PATCH,
+                config.seed,
+            ),
             weights: config.weights,
         })
     }

@@ -2,6 +2,10 @@
 //! - the autoencoder's reconstruction error (mean absolute error in 0–255 levels, PSNR) on
 //!   scenes outside the training pool;
 //! - the toy CLIP's own top-1 retrieval (image → caption) on those scenes;
+//! - subject separation: whether the metric towers (the toy CLIP for CLIP-I, the toy DINO)
+//!   tell the 30 held-out subjects apart at all: leave-one-out nearest neighbour among their
+//!   reference renders, and the mean cosine of two references of one subject against two of
+//!   different subjects (the range CLIP-I and DINO scores can move in);
 //! - caption accuracy: for seeded "a {colour} {shape} on a … background" prompts, the toy CLIP
 //!   picks the colour among the 12 and the shape among the 11 for the teacher's 25-step
 //!   guided samples, the student's one-step samples and the true renders (its ceiling);
@@ -20,6 +24,7 @@ use super::stage::{log_path, stage_seconds};
 use super::PretrainConfig;
 use crate::checkpoint::component::{load_vae, LoadOptions};
 use crate::checkpoint::write_text_atomic;
+use crate::eval::metrics::MetricTowers;
 use crate::fit::report::{compose_grid, loss_curves_svg, read_log, Report, ReportImage};
 use crate::models::clip_text::ClipTextModelWithProjection;
 use crate::models::clip_vision::ClipVisionModelWithProjection;
@@ -67,6 +72,71 @@ pub struct Gates {
     pub student: CaptionAccuracy,
     /// Chance for colour, shape, both.
     pub chance: [f64; 3],
+    /// The held-out subjects' reference renders behind the separation gates.
+    pub subject_references: usize,
+    /// How the toy CLIP's image embeddings (CLIP-I) separate the subjects.
+    pub clip_subjects: SubjectSeparation,
+    /// How the toy DINO's CLS features (DINO) separate the subjects.
+    pub dino_subjects: SubjectSeparation,
+}
+
+/// How one metric backbone separates the held-out subjects.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SubjectSeparation {
+    /// Share of references whose nearest other reference (cosine) shows the same subject.
+    pub top1: f64,
+    /// Mean cosine between two references of the same subject.
+    pub same: f64,
+    /// Mean cosine between references of different subjects.
+    pub different: f64,
+    /// `top1` by chance: the mean share of the other references that show the same subject.
+    pub chance: f64,
+}
+
+/// [`SubjectSeparation`] of unit feature rows `features` (n, d) owned by `owner[i]`.
+pub fn separation(features: &Tensor, owner: &[usize]) -> Result<SubjectSeparation> {
+    let n = owner.len();
+    anyhow::ensure!(
+        n >= 2 && features.size()[0] == n as i64,
+        "{} owners for {:?} features",
+        n,
+        features.size()
+    );
+    let sim: Vec<f32> = Vec::try_from(
+        features
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .mm(&features.to_kind(Kind::Float).to_device(Device::Cpu).tr())
+            .reshape([-1]),
+    )?;
+    let (mut hits, mut chance) = (0usize, 0.0);
+    let (mut same, mut same_n, mut diff, mut diff_n) = (0.0f64, 0usize, 0.0f64, 0usize);
+    for i in 0..n {
+        let mut best = (f32::NEG_INFINITY, i);
+        for j in (0..n).filter(|&j| j != i) {
+            let s = sim[i * n + j];
+            if s > best.0 {
+                best = (s, j);
+            }
+            if owner[i] == owner[j] {
+                same += f64::from(s);
+                same_n += 1;
+            } else {
+                diff += f64::from(s);
+                diff_n += 1;
+            }
+        }
+        hits += usize::from(owner[best.1] == owner[i]);
+        let mates = owner.iter().filter(|&&o| o == owner[i]).count() - 1;
+        chance += mates as f64 / (n - 1) as f64;
+    }
+    let mean = |sum: f64, k: usize| if k == 0 { f64::NAN } else { sum / k as f64 };
+    Ok(SubjectSeparation {
+        top1: hits as f64 / n as f64,
+        same: mean(same, same_n),
+        different: mean(diff, diff_n),
+        chance: chance / n as f64,
+    })
 }
 
 /// The toy CLIP, loaded.
@@ -279,6 +349,24 @@ pub fn write_report(
     let student = Pipeline::load(&out.join("student"), opts)?;
     let teacher_images = generate(&teacher, &texts, r.teacher_steps, r.guidance, side)?;
     let student_images = generate(&student, &texts, 1, 0.0, side)?;
+
+    // Subject separation, with the evaluation's own feature code.
+    let metric = MetricTowers::load(
+        &out.join("towers/clip"),
+        &out.join("towers/dino-v1"),
+        None,
+        opts,
+    )?;
+    let (mut references, mut owner) = (Vec::new(), Vec::new());
+    for (k, subject) in world.subjects().iter().enumerate() {
+        for scene in world.reference_scenes(subject) {
+            references.push(world.render(&scene));
+            owner.push(k);
+        }
+    }
+    let clip_subjects = separation(&metric.clip_images(&references)?, &owner)?;
+    let dino_subjects = separation(&metric.dino_images(&references)?, &owner)?;
+
     let gates = Gates {
         vae_mae,
         vae_psnr,
@@ -289,6 +377,9 @@ pub fn write_report(
         teacher: caption_accuracy(&clip, &prompts, &teacher_images)?,
         student: caption_accuracy(&clip, &prompts, &student_images)?,
         chance: [1.0 / 12.0, 1.0 / 11.0, 1.0 / 132.0],
+        subject_references: references.len(),
+        clip_subjects,
+        dino_subjects,
     };
 
     // Sample grids on held-in captions (the pool's first items).
@@ -373,6 +464,15 @@ pub fn write_report(
             pct(a.both)
         )
     };
+    let separated = |s: &SubjectSeparation| {
+        format!(
+            "nearest reference of the same subject {} (chance {}) · mean cosine same {:.3}, different {:.3}",
+            pct(s.top1),
+            pct(s.chance),
+            s.same,
+            s.different
+        )
+    };
     let mut summary = vec![
         (
             "training time".into(),
@@ -389,6 +489,14 @@ pub fn write_report(
                 pct(clip_retrieval_top1),
                 fresh.captions.len()
             ),
+        ),
+        (
+            "subject separation: CLIP".into(),
+            separated(&gates.clip_subjects),
+        ),
+        (
+            "subject separation: DINO".into(),
+            separated(&gates.dino_subjects),
         ),
         ("caption accuracy: renders".into(), acc(&gates.renders)),
         ("caption accuracy: teacher".into(), acc(&gates.teacher)),
@@ -432,9 +540,43 @@ pub fn write_report(
         "towers": {
             "clip": "towers/clip (transformers CLIPModel, with tokenizer files)",
             "dino": "towers/dino-v1 (transformers ViTModel)",
+            "identity": "towers/image_encoder + towers/ip-adapter.safetensors (the toy CLIP's vision tower; a seeded orthogonal stand-in for IP-Adapter's projection), with dino-v1 what `trainer fit --set towers=towers` reads",
         },
     });
     let yaml = serde_yaml::to_string(&manifest)?;
     write_text_atomic(&out.join("manifest.yaml"), &yaml)?;
     Ok(gates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two subjects, two references each, on a circle: the nearest neighbours, the mean
+    /// cosines and chance computed by hand.
+    #[test]
+    fn separation_counts_nearest_neighbours_and_mean_cosines() {
+        // Angles 0°, 10° (subject 0), 90°, 60° (subject 1).
+        let deg = |a: f64| {
+            let r = a.to_radians();
+            [r.cos() as f32, r.sin() as f32]
+        };
+        let rows: Vec<f32> = [0.0, 10.0, 90.0, 60.0]
+            .iter()
+            .flat_map(|&a| deg(a))
+            .collect();
+        let features = Tensor::from_slice(&rows).view([4, 2]);
+        let s = separation(&features, &[0, 0, 1, 1]).unwrap();
+        // 0°→10°, 10°→0°, 90°→60°, 60°→90°: every nearest neighbour is a mate.
+        assert_eq!(s.top1, 1.0);
+        let c = |a: f64| a.to_radians().cos();
+        assert!((s.same - (c(10.0) + c(30.0)) / 2.0).abs() < 1e-6);
+        let different = (c(90.0) + c(60.0) + c(80.0) + c(50.0)) / 4.0;
+        assert!((s.different - different).abs() < 1e-6);
+        assert!((s.chance - 1.0 / 3.0).abs() < 1e-12);
+        // With 0° owned by subject 1 instead, its nearest (10°) is not a mate.
+        let s = separation(&features, &[1, 0, 1, 0]).unwrap();
+        assert!(s.top1 < 1.0);
+        assert!(separation(&features, &[0]).is_err());
+    }
 }

@@ -8,14 +8,17 @@
 //!    `teacher/text_encoder`, copied to `student/text_encoder`);
 //! 5. [`student`]: the one-step student's UNet (`student/unet`);
 //!
-//! then [`gates`] measures the quality gates and writes `report/` and `manifest.yaml`.
+//! [`id_encoder`] derives, from the toy CLIP, the identity loss's encoder in `trainer fit`'s
+//! towers layout (`towers/image_encoder`, `towers/ip-adapter.safetensors`); then [`gates`] measures the quality gates and writes `report/` and `manifest.yaml`.
 //! A finished stage is a component folder in place; an unfinished one resumes from
 //! `work/<stage>.safetensors`.
 
 pub mod autoencoder;
 pub mod contrastive;
 pub mod gates;
+pub mod id_encoder;
 pub mod latents;
+pub mod pack;
 pub mod pool;
 pub mod self_distillation;
 pub mod stage;
@@ -211,6 +214,9 @@ pub enum PretrainOutcome {
     Interrupted,
 }
 
+/// Offset of the seed of the identity loss's stand-in IP-Adapter projection.
+const IP_SEED: u64 = 17;
+
 /// The file with the run's resolved settings.
 const CONFIG_FILE: &str = "pretrain.yaml";
 
@@ -324,6 +330,8 @@ pub fn run(o: &PretrainOptions) -> Result<PretrainOutcome> {
         self_distillation::write_folder(&s, configs::DINO, &dino_dir)?;
         finish_stage(&work, "dino")?;
     }
+    let cross_attention_dim = UNetConfig::from_json(configs::UNET)?.cross_attention_dim()?;
+    id_encoder::write_fit_towers(&towers, cross_attention_dim, c.seed.wrapping_add(IP_SEED))?;
 
     // 4. The teacher and the shared text encoder, on the autoencoder's latents.
     let mut vae = load_vae(&vae_dir, opts)?;
@@ -571,6 +579,8 @@ pub fn outputs(out: &Path) -> Vec<PathBuf> {
         "student",
         "towers/clip",
         "towers/dino-v1",
+        "towers/image_encoder",
+        "towers/ip-adapter.safetensors",
         "report/report.html",
         "manifest.yaml",
     ]
