@@ -13,7 +13,6 @@ use crate::cli::FitArgs;
 /// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 pub const INTERRUPTED: u8 = 130;
 
-/// Runs the command; `Ok(Some(code))` asks for a non-zero exit without an error message.
 /// Installs the Ctrl-C handler of the long-running commands: the first Ctrl-C sets the returned
 /// flag (the run checkpoints after its current `unit` and stops), a second one quits at once.
 pub fn stop_on_ctrl_c(unit: &'static str) -> Result<Arc<AtomicBool>> {
@@ -32,6 +31,7 @@ pub fn stop_on_ctrl_c(unit: &'static str) -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Runs the command; `Ok(Some(code))` asks for a non-zero exit without an error message.
 pub fn run(args: &FitArgs) -> Result<Option<u8>> {
     let config = if args.resume {
         FitConfig::load(Some(&args.out.join("config.yaml")), &[]).with_context(|| {

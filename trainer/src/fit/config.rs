@@ -448,14 +448,6 @@ impl Stage {
     }
 }
 
-/// The most MS-SWD levels images of `resolution` pixels allow.
-fn max_swd_scales(resolution: i64) -> usize {
-    (1..=16)
-        .take_while(|&s| resolution >> (s - 1) > crate::losses::ms_swd::PATCH / 2)
-        .last()
-        .unwrap_or(0)
-}
-
 /// Every setting of `trainer fit`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -691,15 +683,13 @@ impl FitConfig {
             }
         }
         if self.method == MethodKind::Echodistill {
-            let scales = self.losses.swd_scales;
+            use crate::losses::ms_swd::{max_scales, PATCH};
+            let (scales, most) = (self.losses.swd_scales, max_scales(self.resolution, PATCH));
             ensure!(
-                (1..=16).contains(&scales)
-                    && self.resolution >> (scales - 1) > crate::losses::ms_swd::PATCH / 2,
-                "losses.swd_scales {scales}: MS-SWD's coarsest level of {} px images must be wider than {} pixels (half its {}-pixel patch); use at most {} scales at this resolution",
+                (1..=most).contains(&scales),
+                "losses.swd_scales {scales}: MS-SWD's coarsest level of {} px images must be wider than {} pixels (half its {PATCH}-pixel patch); use at most {most} scales at this resolution",
                 self.resolution,
-                crate::losses::ms_swd::PATCH / 2,
-                crate::losses::ms_swd::PATCH,
-                max_swd_scales(self.resolution)
+                PATCH / 2,
             );
         }
         if !["ce", "hinge"].contains(&self.losses.adversarial.as_str()) {

@@ -22,6 +22,16 @@ pub const PATCH: i64 = 11;
 /// Random directions per scale.
 pub const PROJECTIONS: i64 = 128;
 
+/// The most pyramid levels images whose short side is `side` allow with `patch`-pixel patches:
+/// the coarsest level must be wider than the patch's reflect padding (half the patch).
+pub fn max_scales(side: i64, patch: i64) -> usize {
+    let mut scales = 0;
+    while scales < 63 && side >> scales > patch / 2 {
+        scales += 1;
+    }
+    scales
+}
+
 /// MS-SWD settings and its direction generator.
 #[derive(Debug)]
 pub struct MsSwd {
@@ -131,9 +141,10 @@ pub fn sliced_wasserstein(x: &Tensor, y: &Tensor, directions: &Tensor) -> Tensor
 }
 
 impl MsSwd {
-    /// The spec's setting: 5 scales, 128 directions over 11×11 patches.
-    pub fn new(seed: u64) -> Self {
-        Self::with_settings(5, PROJECTIONS, PATCH, seed)
+    /// The spec's 128 directions over 11×11 patches, on `scales` levels (the spec's 5 at
+    /// SD's 512 px; at most [`max_scales`] of the images' side).
+    pub fn new(scales: usize, seed: u64) -> Self {
+        Self::with_settings(scales, PROJECTIONS, PATCH, seed)
     }
 
     /// Any number of scales, directions and patch side (odd).
@@ -190,9 +201,8 @@ impl MsSwd {
             directions.len(),
             self.scales
         );
-        let coarsest = size[2].min(size[3]) >> (self.scales - 1);
         ensure!(
-            coarsest > self.patch / 2,
+            (1..=max_scales(size[2].min(size[3]), self.patch)).contains(&self.scales),
             "images of {}x{} are too small for {} scales with {}-pixel patches",
             size[3],
             size[2],

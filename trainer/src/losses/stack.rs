@@ -111,12 +111,7 @@ impl LossStack {
         Ok(Self {
             ensemble: Ensemble::new(backbones, config.adversarial, opts.device)?,
             ip,
-            ms_swd: MsSwd::with_settings(
-                config.swd_scales,
-                crate::losses::ms_swd::PROJECTIONS,
-                crate::losses::ms_swd::PATCH,
-                config.seed,
-            ),
+            ms_swd: MsSwd::new(config.swd_scales, config.seed),
             weights: config.weights,
         })
     }

@@ -102,13 +102,8 @@ pub fn separation(features: &Tensor, owner: &[usize]) -> Result<SubjectSeparatio
         n,
         features.size()
     );
-    let sim: Vec<f32> = Vec::try_from(
-        features
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .mm(&features.to_kind(Kind::Float).to_device(Device::Cpu).tr())
-            .reshape([-1]),
-    )?;
+    let f = features.to_kind(Kind::Float).to_device(Device::Cpu);
+    let sim: Vec<f32> = Vec::try_from(f.mm(&f.tr()).reshape([-1]))?;
     let (mut hits, mut chance) = (0usize, 0.0);
     let (mut same, mut same_n, mut diff, mut diff_n) = (0.0f64, 0usize, 0.0f64, 0usize);
     for i in 0..n {

@@ -10,7 +10,6 @@
 //! CLIP-I) has a counterpart in the paper, whose DINOv1 discriminator backbone is its evaluation
 //! DINO; the toy table's docs say so.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
@@ -112,17 +111,16 @@ fn ip_projection(embed_dim: i64, dim: i64, seed: u64) -> Vec<(String, Tensor)> {
         .collect();
     let weight = Tensor::cat(&blocks, 0).contiguous();
     let zeros = |n: i64| Tensor::zeros([n], (Kind::Float, tch::Device::Cpu));
-    let mut tensors: HashMap<&str, Tensor> = HashMap::new();
-    tensors.insert("image_proj.proj.weight", weight);
-    tensors.insert("image_proj.proj.bias", zeros(IP_TOKENS * dim));
-    tensors.insert("image_proj.norm.weight", zeros(dim) + 1.0);
-    tensors.insert("image_proj.norm.bias", zeros(dim));
-    let mut tensors: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
+    // In name order.
+    [
+        ("image_proj.norm.bias", zeros(dim)),
+        ("image_proj.norm.weight", zeros(dim) + 1.0),
+        ("image_proj.proj.bias", zeros(IP_TOKENS * dim)),
+        ("image_proj.proj.weight", weight),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 #[cfg(test)]

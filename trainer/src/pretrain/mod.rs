@@ -9,7 +9,8 @@
 //! 5. [`student`]: the one-step student's UNet (`student/unet`);
 //!
 //! [`id_encoder`] derives, from the toy CLIP, the identity loss's encoder in `trainer fit`'s
-//! towers layout (`towers/image_encoder`, `towers/ip-adapter.safetensors`); then [`gates`] measures the quality gates and writes `report/` and `manifest.yaml`.
+//! towers layout (`towers/image_encoder`, `towers/ip-adapter.safetensors`); then [`gates`]
+//! measures the quality gates and writes `report/` and `manifest.yaml`.
 //! A finished stage is a component folder in place; an unfinished one resumes from
 //! `work/<stage>.safetensors`.
 
