@@ -307,69 +307,64 @@ demo() {
     "$trainer" tokenize --tokenizer "$out/tokenizer" --json \
         --prompt 'A <NEW1> dog wearing a red hat!'
     echo
-    echo "== the embedded default model: SD-Turbo's architecture scaled down, seeded random weights"
-    "$trainer" init-tiny --out "$out/tiny-student" --tokenizer "$CLIP_TOKENIZER"
-    "$trainer" init-tiny --out "$out/tiny-teacher" --architecture tiny-teacher --tokenizer "$CLIP_TOKENIZER"
-    echo
-    echo "== one-step student generation (random weights draw noise-like pictures; the pipeline is real)"
-    "$trainer" sample --model "$out/tiny-student" --prompt 'a dog on the beach' --seed 0 \
+    local toy="$ROOT/trainer/assets/toy"
+    local models="$toy/models"
+    local subject=medal_06
+    echo "== the embedded default: the toy world's models, pre-trained on this kind of machine by"
+    echo "   trainer pretrain-toy (teacher in SD 2.1's layout, one-step student in SD-Turbo's, towers;"
+    echo "   $models/report/report.html shows how they were made and how good they are)"
+    "$trainer" sample --model "$models/student" --prompt 'a red star on a checkered background' --seed 0 \
         --out "$out/student-1step.png"
-    "$trainer" sample --model "$out/tiny-student" --prompt 'a dog on the beach' --seed 0 --steps 4 \
-        --scheduler euler-ancestral --out "$out/student-4step-ancestral.png"
-    echo "== the teacher: 25 DDIM steps with classifier-free guidance 7.5"
-    "$trainer" sample --model "$out/tiny-teacher" --prompt 'a dog on the beach' --seed 0 --steps 25 \
-        --guidance 7.5 --out "$out/teacher-25step.png"
+    "$trainer" sample --model "$models/teacher" --prompt 'a red star on a checkered background' --seed 0 \
+        --steps 25 --guidance 4 --out "$out/teacher-25step.png"
     echo
-    echo "== EchoDistill on the project's example concept (a toy, 4 photos): distillation, then echo"
-    "$trainer" fit --images "$ROOT/trainer/assets/example-concept" --token '<new1>' --class toy \
-        --out "$out/run" --set "student=$out/tiny-student" --set "teacher=$out/tiny-teacher" \
-        --set "towers=$out/tiny-student/towers" --set resolution=96 --set dino_v2_size=56 \
-        --set iterations=10 --set echo.samples=4 --set echo.iterations=5 --set samples.every=5
+    echo "== EchoDistill teaches the one-step student a held-out toy subject from its reference renders"
+    echo "   ($toy/dreambench/$subject: a composite emblem no caption can describe; settings in $toy/fit.yaml)"
+    "$trainer" fit --config "$toy/fit.yaml" --images "$toy/dreambench/$subject" --token '<new1>' --class medal \
+        --init-word medal --out "$out/run" --set "student=$models/student" --set "teacher=$models/teacher" \
+        --set "towers=$models/towers" --set iterations=300 --set echo.iterations=150 --set samples.every=100
     echo "== the run: weights with provenance, a diffusers export, sample grids and report.html"
     ls "$out/run" "$out/run/samples" "$out/run/diffusers"
-    echo "== the trained student, one step, with the learned token"
-    "$trainer" sample --run "$out/run" --prompt 'a <new1> toy on the beach' --seed 0 \
-        --height 96 --width 96 --out "$out/run-student-1step.png"
-    "$trainer" sample --run "$out/run" --teacher --steps 25 --guidance 7.5 \
-        --prompt 'a <new1> toy on the beach' --seed 0 --out "$out/run-teacher-25step.png"
+    echo "== the subject in new scenes: the trained student, one step each"
+    local i=0
+    for prompt in 'a <new1> medal on a checkered background' 'a <new1> medal next to a red circle' \
+        'a <new1> medal on a green floor under a cyan sky' 'a shiny <new1> medal on a purple background'; do
+        "$trainer" sample --run "$out/run" --prompt "$prompt" --seed 0 --out "$out/subject-$i.png"
+        i=$((i + 1))
+    done
+    "$trainer" sample --run "$out/run" --teacher --steps 25 --guidance 4 \
+        --prompt 'a <new1> medal on a checkered background' --seed 0 --out "$out/subject-teacher-25step.png"
     echo
     echo "== the run baked into ONNX for the runtime and the web page: the student with its K/V and token"
-    ./target/release/exporter bake --base "$out/tiny-student" --run "$out/run" --out "$out/model" --height 96 --width 96
+    ./target/release/exporter bake --base "$models/student" --run "$out/run" --out "$out/model" --height 64 --width 64
     ./target/release/exporter inspect "$out/model"
-    ./target/release/exporter bake --base "$out/tiny-student" --run "$out/run" --out "$out/model-fused" \
-        --height 96 --width 96 --fused
+    ./target/release/exporter bake --base "$models/student" --run "$out/run" --out "$out/model-fused" \
+        --height 64 --width 64 --fused
     echo
     echo "== native one-step generation with ONNX Runtime: the split networks, then the fused pipeline"
-    ./target/release/runtime generate --model "$out/model" --prompt 'a <new1> toy on the beach' \
+    ./target/release/runtime generate --model "$out/model" --prompt 'a <new1> medal on a checkered background' \
         --seed 0 --batch 2 --out "$out/runtime/split.png"
-    ./target/release/runtime generate --model "$out/model-fused" --prompt 'a <new1> toy on the beach' \
+    ./target/release/runtime generate --model "$out/model-fused" --prompt 'a <new1> medal on a checkered background' \
         --seed 0 --out "$out/runtime/fused.png"
-    echo "   runtime images: $out/runtime/ (split-0.png is the same picture as run-student-1step.png)"
+    echo "   runtime images: $out/runtime/ (split-0.png is the same picture as subject-0.png)"
     echo
-    if [[ -f "$ECHODISTILL_DREAMBENCH/dataset/prompts_and_classes.txt" ]]; then
-        echo "== DreamBench protocol on the run (own concept: its photos are the references;"
-        echo "   the first 3 object prompts x 2 seeds, 1/2/4 steps; tiny CLIP and DINO backbones)"
-        "$trainer" eval --run "$out/run" --out "$out/eval" --references "$ROOT/trainer/assets/example-concept" \
-            --clip "$out/tiny-student/towers/clip" --dino "$out/tiny-student/towers/dino-v1" \
-            --prompts 3 --seeds 0,1
-    else
-        echo "== (DreamBench not found at $ECHODISTILL_DREAMBENCH: skipping trainer eval; set ECHODISTILL_DREAMBENCH)"
-    fi
+    echo "== the DreamBench protocol on the run, in the toy world: CLIP-T and CLIP-I with the toy CLIP,"
+    echo "   DINO with the toy DINO; the subject's first 5 prompts x 2 seeds, 1/2/4 steps"
+    "$trainer" eval --run "$out/run" --out "$out/eval" --dataset "$toy/dreambench" \
+        --clip "$models/towers/clip" --dino "$models/towers/dino-v1" --prompts 5 --seeds 0,1
     echo
     echo "== benchmarks"
     ./target/release/runtime bench --model "$out/model" --runs 20
     ./target/release/runtime bench --model "$out/model-fused" --runs 20
     "$trainer" bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
-    "$trainer" bench-sample --model "$out/tiny-student" --iters 10
+    "$trainer" bench-sample --model "$models/student" --iters 10
+    "$trainer" bench --config "$toy/fit.yaml" --student "$models/student" --teacher "$models/teacher" \
+        --towers "$models/towers" --images "$toy/dreambench/$subject" --iters 5
+    "$trainer" bench-eval --run "$out/run" --dataset "$toy/dreambench" \
+        --clip "$models/towers/clip" --dino "$models/towers/dino-v1" --prompts 5 --seeds 0,1 --steps 1
+    echo "== the loss stack at SD-Turbo's architecture scaled down (random towers: only the time counts)"
+    "$trainer" init-tiny --out "$out/tiny-student" --tokenizer "$CLIP_TOKENIZER"
     "$trainer" bench-losses --towers "$out/tiny-student/towers" --iters 5
-    "$trainer" bench --student "$out/tiny-student" --teacher "$out/tiny-teacher" \
-        --towers "$out/tiny-student/towers" --images "$ROOT/trainer/assets/example-concept" \
-        --resolution 128 --dino-v2-size 56 --iters 5
-    if [[ -f "$ECHODISTILL_DREAMBENCH/dataset/prompts_and_classes.txt" ]]; then
-        "$trainer" bench-eval --run "$out/run" --references "$ROOT/trainer/assets/example-concept" \
-            --clip "$out/tiny-student/towers/clip" --dino "$out/tiny-student/towers/dino-v1" \
-            --prompts 5 --seeds 0,1 --steps 1
-    fi
     echo
     echo "== the browser page: time to first image and per image in headless Chromium (WASM)"
     bench_web "$out/model" wasm

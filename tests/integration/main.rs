@@ -18,6 +18,7 @@ mod sample_errors;
 mod scheduler_parity;
 mod tokenizer_parity;
 mod tower_parity;
+mod toy_assets;
 mod toy_world;
 mod trainable;
 mod web_page;

@@ -691,11 +691,13 @@ impl Distiller {
                     .forward(&x_tp.to_kind(self.kind), &t, &context)
                     .to_kind(Kind::Float)
             };
-            Ok(match teacher.prediction {
-                PredictionType::Epsilon => (&x_tp - &s2 * pred) / &a2,
-                PredictionType::VPrediction => &a2 * &x_tp - &s2 * pred,
-                PredictionType::Sample => pred,
-            })
+            Ok(crate::losses::diffusion::predicted_x0(
+                teacher.prediction,
+                &x_tp,
+                &pred,
+                &a2,
+                &s2,
+            ))
         })?;
         Ok(Some((x0, c_t)))
     }

@@ -35,6 +35,22 @@ pub fn target(
     }
 }
 
+/// The x_0 a network's output `out` implies for `x_t = a·x0 + s·eps`: (x_t − s·ε̂)/a, a·x_t − s·v̂,
+/// or the output itself.
+pub fn predicted_x0(
+    prediction: PredictionType,
+    x_t: &Tensor,
+    out: &Tensor,
+    a: &Tensor,
+    s: &Tensor,
+) -> Tensor {
+    match prediction {
+        PredictionType::Epsilon => (x_t - s * out) / a,
+        PredictionType::VPrediction => a * x_t - s * out,
+        PredictionType::Sample => out.shallow_clone(),
+    }
+}
+
 /// Mean squared error in f32 (the network may run in half precision).
 pub fn mse(pred: &Tensor, target: &Tensor) -> Tensor {
     (pred.to_kind(Kind::Float) - target)
@@ -45,6 +61,23 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predicted_x0_inverts_the_target() {
+        let x0 = Tensor::from_slice(&[1.0f32, -2.0]).view([2, 1, 1, 1]);
+        let eps = Tensor::from_slice(&[0.5f32, 0.25]).view([2, 1, 1, 1]);
+        let (a, s) = coefficients(&[0.64f32, 0.36], &[0, 1], Device::Cpu);
+        let x_t = &a * &x0 + &s * &eps;
+        for p in [
+            PredictionType::Epsilon,
+            PredictionType::VPrediction,
+            PredictionType::Sample,
+        ] {
+            let back = predicted_x0(p, &x_t, &target(p, &x0, &eps, &a, &s), &a, &s);
+            let err = (back - &x0).abs().max().double_value(&[]);
+            assert!(err < 1e-6, "{p:?}: x_0 off by {err}");
+        }
+    }
 
     #[test]
     fn targets_follow_the_prediction_type() {

@@ -530,7 +530,7 @@ pub fn write_report(
         "gates": gates,
         "pipelines": {
             "teacher": "teacher/ (SD 2.1 layout: DDIM, epsilon)",
-            "student": "student/ (SD-Turbo layout: Euler trailing, epsilon, one step)",
+            "student": "student/ (SD-Turbo layout: Euler trailing, one step; v-prediction, see the README)",
         },
         "towers": {
             "clip": "towers/clip (transformers CLIPModel, with tokenizer files)",

@@ -31,6 +31,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use runtime::scheduler::SchedulerConfig;
 use runtime::ClipTokenizer;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -402,6 +403,10 @@ pub fn run(o: &PretrainOptions) -> Result<PretrainOutcome> {
             vae: &vae.model,
             tokenizer: &tokenizer,
             alphas_cumprod: alphas_cumprod.clone(),
+            teacher_prediction: SchedulerConfig::from_json(configs::TEACHER_SCHEDULER)?
+                .prediction_type,
+            student_prediction: SchedulerConfig::from_json(configs::STUDENT_SCHEDULER)?
+                .prediction_type,
         };
         let unet_config = UNetConfig::from_json(configs::UNET)?;
         let mut s = StudentStage::new(

@@ -1,0 +1,180 @@
+//! The committed toy world (`trainer/assets/toy`): its DreamBench folder is what `trainer
+//! toy-data` writes for the default world, its pre-trained models load and draw, `trainer bench`
+//! times a fit iteration on them with the toy settings, and the toy table's manifest runs end to
+//! end on two subjects with a few iterations (the full table is a benchmark command, not a test).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind};
+use trainer::checkpoint::component::LoadOptions;
+use trainer::sampling::{NoiseSource, Pipeline, SampleRequest};
+use trainer::toy::{write_toy_data, ToyWorld, ToyWorldConfig};
+
+const OPTS: LoadOptions = LoadOptions {
+    device: Device::Cpu,
+    kind: Kind::Float,
+    variant: None,
+};
+
+fn toy() -> PathBuf {
+    tests::workspace_root().join("trainer/assets/toy")
+}
+
+/// Every file under `dir`, by path relative to it.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn committed_toy_dreambench_is_what_toy_data_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = ToyWorld::new(ToyWorldConfig::default()).unwrap();
+    let data = write_toy_data(&world, &dir.path().join("toy"), 1).unwrap();
+    let (fresh, committed) = (files(&data.dreambench), files(&toy().join("dreambench")));
+    assert_eq!(
+        fresh.keys().collect::<Vec<_>>(),
+        committed.keys().collect::<Vec<_>>(),
+        "the committed folder's files differ from toy-data's: regenerate it with `trainer toy-data`"
+    );
+    for (path, bytes) in &fresh {
+        assert!(
+            committed[path] == *bytes,
+            "{}: toy-data now writes other bytes (the world changed; the committed models were trained on the old one)",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn committed_toy_models_load_and_draw() {
+    let models = toy().join("models");
+    let request = |steps: usize, guidance: f64| SampleRequest {
+        prompt: "a red star on a white background".into(),
+        negative_prompt: String::new(),
+        steps,
+        guidance,
+        scheduler: None,
+        height: 64,
+        width: 64,
+    };
+    for (name, req) in [("student", request(1, 0.0)), ("teacher", request(4, 4.0))] {
+        let p = Pipeline::load(&models.join(name), OPTS).unwrap();
+        let images = p.sample(&req, &NoiseSource::Seed(0)).unwrap().images;
+        assert_eq!(images.size(), [1, 3, 64, 64]);
+        let (lo, hi) = (
+            images.min().double_value(&[]),
+            images.max().double_value(&[]),
+        );
+        assert!(
+            lo.is_finite() && hi.is_finite() && hi - lo > 0.1,
+            "{name} draws a flat or broken image ({lo}..{hi})"
+        );
+    }
+    trainer::towers::load_clip_model(&models.join("towers/clip"), OPTS).unwrap();
+    trainer::towers::load_dino_v1(&models.join("towers/dino-v1"), OPTS).unwrap();
+    let manifest: serde_yaml::Value =
+        serde_yaml::from_slice(&std::fs::read(models.join("manifest.yaml")).unwrap()).unwrap();
+    assert!(manifest["gates"]["vae_psnr"].as_f64().is_some());
+    assert!(manifest["packed"].is_mapping());
+}
+
+#[test]
+fn trainer_bench_times_an_iteration_on_the_toy_models() {
+    let (toy, models) = (toy(), toy().join("models"));
+    let arg = |p: PathBuf| p.display().to_string();
+    let o = tests::run_binary(
+        "trainer",
+        &[
+            "bench",
+            "--config",
+            &arg(toy.join("fit.yaml")),
+            "--student",
+            &arg(models.join("student")),
+            "--teacher",
+            &arg(models.join("teacher")),
+            "--towers",
+            &arg(models.join("towers")),
+            "--images",
+            &arg(toy.join("dreambench/medal_01")),
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(said.contains("batch 2, 64 px"), "{said}");
+    assert!(said.contains("seconds per iteration"), "{said}");
+}
+
+/// CI's reduced toy table: every row of the committed manifest, two subjects, two iterations,
+/// two prompts, one seed.
+#[test]
+fn toy_table_runs_every_row_on_two_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("table");
+    let manifest = toy().join("bench-table.yaml");
+    let o = tests::run_binary(
+        "trainer",
+        &[
+            "bench-table",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--subjects",
+            "medal_01,totem_03",
+            "--set",
+            "iterations=2",
+            "--set",
+            "echo.iterations=1",
+            "--set",
+            "echo.samples=2",
+            "--set",
+            "samples.every=0",
+            "--prompts",
+            "2",
+            "--seeds",
+            "0",
+            "--quiet",
+        ],
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let table = std::fs::read_to_string(out.join("metrics.md")).unwrap();
+    let labels: Vec<String> =
+        serde_yaml::from_slice::<serde_yaml::Value>(&std::fs::read(&manifest).unwrap()).unwrap()
+            ["methods"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| m["label"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(labels.len(), 13);
+    for label in &labels {
+        assert!(table.contains(label.as_str()), "{label} is not in\n{table}");
+    }
+}
