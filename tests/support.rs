@@ -110,6 +110,19 @@ pub fn run_binary(name: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
 }
 
+/// Runs a workspace binary that must succeed and returns its standard output (on failure, the
+/// panic shows both streams).
+pub fn run_binary_ok(name: &str, args: &[&str]) -> String {
+    let o = run_binary(name, args);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{name} {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 /// Writes a seeded random-weight model of `architecture` to `out` with `trainer init-tiny` and
 /// the real CLIP vocabulary.
 pub fn init_tiny(out: &Path, architecture: &str, seed: &str) {

@@ -11,7 +11,6 @@ mod fit_safety;
 mod init_tiny;
 mod losses;
 mod model_parity;
-mod pretrain_toy;
 mod runtime_generate;
 mod runtime_serve;
 mod sample_errors;

@@ -96,7 +96,7 @@ fn committed_toy_models_load_and_draw() {
 fn trainer_bench_times_an_iteration_on_the_toy_models() {
     let (toy, models) = (toy(), toy().join("models"));
     let arg = |p: PathBuf| p.display().to_string();
-    let o = tests::run_binary(
+    let said = tests::run_binary_ok(
         "trainer",
         &[
             "bench",
@@ -116,12 +116,6 @@ fn trainer_bench_times_an_iteration_on_the_toy_models() {
             "1",
         ],
     );
-    let said = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(said.contains("batch 2, 64 px"), "{said}");
     assert!(said.contains("seconds per iteration"), "{said}");
 }
@@ -133,7 +127,7 @@ fn toy_table_runs_every_row_on_two_subjects() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("table");
     let manifest = toy().join("bench-table.yaml");
-    let o = tests::run_binary(
+    tests::run_binary_ok(
         "trainer",
         &[
             "bench-table",
@@ -157,12 +151,6 @@ fn toy_table_runs_every_row_on_two_subjects() {
             "0",
             "--quiet",
         ],
-    );
-    let said = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     let table = std::fs::read_to_string(out.join("metrics.md")).unwrap();
     let labels: Vec<String> =

@@ -229,6 +229,10 @@ fn say(quiet: bool, message: &str) {
 }
 
 /// Runs every unfinished stage, then the gates and the report.
+///
+/// Initial weights and each step's noise come from torch's global generator, seeded per stage
+/// and per step, so a resumed run ends with the bytes of an uninterrupted one only while no
+/// other thread of the process draws from that generator (building any network does).
 pub fn run(o: &PretrainOptions) -> Result<PretrainOutcome> {
     let out = o.out;
     let config_path = out.join(CONFIG_FILE);
@@ -339,7 +343,12 @@ pub fn run(o: &PretrainOptions) -> Result<PretrainOutcome> {
     let mut vae = load_vae(&vae_dir, opts)?;
     vae.vs.freeze();
     let scaling = vae.model.config().scaling_factor;
-    let alphas_cumprod = alphas_cumprod(configs::TEACHER_SCHEDULER)?;
+    let teacher_scheduler = SchedulerConfig::from_json(configs::TEACHER_SCHEDULER)?;
+    let alphas_cumprod = runtime::scheduler::NoiseSchedule::new(
+        &teacher_scheduler.betas,
+        teacher_scheduler.num_train_timesteps,
+    )
+    .alphas_cumprod;
     let need_latents = !teacher_dir.join("unet").exists() || !student_dir.join("unet").exists();
     let latents = if need_latents {
         say(o.quiet, "encoding the scenes with the autoencoder");
@@ -353,6 +362,7 @@ pub fn run(o: &PretrainOptions) -> Result<PretrainOutcome> {
             unet: UNetConfig::from_json(configs::UNET)?,
             text: ClipTextConfig::from_json(configs::TEXT_ENCODER)?,
             alphas_cumprod: alphas_cumprod.clone(),
+            prediction: teacher_scheduler.prediction_type,
             tokenizer: &tokenizer,
         };
         seed_stage(c.seed, teacher::STREAM);
@@ -403,8 +413,7 @@ pub fn run(o: &PretrainOptions) -> Result<PretrainOutcome> {
             vae: &vae.model,
             tokenizer: &tokenizer,
             alphas_cumprod: alphas_cumprod.clone(),
-            teacher_prediction: SchedulerConfig::from_json(configs::TEACHER_SCHEDULER)?
-                .prediction_type,
+            teacher_prediction: teacher_scheduler.prediction_type,
             student_prediction: SchedulerConfig::from_json(configs::STUDENT_SCHEDULER)?
                 .prediction_type,
         };
@@ -446,15 +455,6 @@ pub fn run(o: &PretrainOptions) -> Result<PretrainOutcome> {
 /// on which stages ran before it in this process (a resumed run skips the finished ones).
 fn seed_stage(seed: u64, stage: u64) {
     tch::manual_seed(seed.wrapping_mul(1000).wrapping_add(stage) as i64);
-}
-
-/// ᾱ_t of a scheduler config.
-fn alphas_cumprod(scheduler_json: &str) -> Result<Vec<f32>> {
-    let config = runtime::scheduler::SchedulerConfig::from_json(scheduler_json)?;
-    Ok(
-        runtime::scheduler::NoiseSchedule::new(&config.betas, config.num_train_timesteps)
-            .alphas_cumprod,
-    )
 }
 
 /// The fixed files of both pipeline folders: model_index.json, the scheduler and the

@@ -39,7 +39,7 @@ use crate::discriminator::Ensemble;
 use crate::fit::config::Adam;
 use crate::fit::optim::AdamW;
 use crate::losses::alignment::timestep_weight;
-use crate::losses::diffusion::{coefficients, predicted_x0};
+use crate::losses::diffusion::{coefficients, mse, predicted_x0};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
@@ -245,14 +245,13 @@ impl Stage for StudentStage<'_> {
         let distill = ((&x0_hat - &target).square() * weight).mean(Kind::Float);
 
         // The discriminators on the decoded one-step images, clamped to the range real images
-        // have: unclamped, a head on the small toy DINO is fooled by saturated colours outside
-        // it, and the student learns to make them (the first full run's student did).
+        // have, so a head cannot tell them apart by values no real image takes.
         let fake = f
             .vae
             .decode(&(&x0_hat / self.latents.scaling()))
             .clamp(-1.0, 1.0);
         let adversarial = self.ensemble.generator_loss(&fake)?;
-        let reconstruction = (&x0_hat - &x0).square().mean(Kind::Float);
+        let reconstruction = mse(&x0_hat, &x0);
         let loss = &adversarial * s.adversarial_weight
             + &distill * s.distillation_weight
             + &reconstruction * s.reconstruction_weight;

@@ -1,5 +1,6 @@
 //! Stage 4: the multi-step teacher (the toy SD 2.1): a UNet trained from scratch with the DDPM
-//! ε-prediction loss on the autoencoder's latents, conditioned on a text encoder trained with it
+//! loss on the autoencoder's latents (predicting what its scheduler config's `prediction_type`
+//! names: ε for the toy teacher), conditioned on a text encoder trained with it
 //! (the latent-diffusion paper's own text-to-image setup, where the transformer text encoder is
 //! learned jointly; SD's is a frozen pre-trained CLIP, which this world does not have apart from
 //! the evaluation one, kept separate on purpose). Captions are dropped 10% of the time so the
@@ -7,6 +8,7 @@
 //! text encoder is frozen afterwards and shared with the student, as SD-Turbo shares SD 2.1's.
 
 use anyhow::Result;
+use runtime::scheduler::PredictionType;
 use runtime::ClipTokenizer;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -16,7 +18,7 @@ use super::pool::Pool;
 use super::stage::Stage;
 use crate::fit::config::Adam;
 use crate::fit::optim::AdamW;
-use crate::losses::diffusion::{coefficients, mse};
+use crate::losses::diffusion::{coefficients, mse, target};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::unet_2d_condition::{UNet2DConditionModel, UNetConfig};
 use crate::sampling::token_ids;
@@ -55,6 +57,7 @@ pub struct TeacherStage<'a> {
     latents: &'a PoolLatents,
     tokenizer: &'a ClipTokenizer,
     alphas_cumprod: Vec<f32>,
+    prediction: PredictionType,
     settings: TeacherSettings,
     device: Device,
     /// The UNet's weights.
@@ -77,6 +80,8 @@ pub struct TeacherParts<'a> {
     pub text: ClipTextConfig,
     /// ᾱ_t of the teacher's scheduler.
     pub alphas_cumprod: Vec<f32>,
+    /// What the UNet learns to predict (the scheduler's `prediction_type`).
+    pub prediction: PredictionType,
     /// The tokenizer.
     pub tokenizer: &'a ClipTokenizer,
 }
@@ -101,6 +106,7 @@ impl<'a> TeacherStage<'a> {
             latents,
             tokenizer: parts.tokenizer,
             alphas_cumprod: parts.alphas_cumprod,
+            prediction: parts.prediction,
             unet_opt: AdamW::new(&unet_vs, settings.lr, &adam),
             text_opt: AdamW::new(&text_vs, settings.lr, &adam),
             settings,
@@ -151,7 +157,7 @@ impl Stage for TeacherStage<'_> {
             &t.to_kind(Kind::Float).to_device(self.device),
             &context,
         );
-        let loss = mse(&pred, &eps);
+        let loss = mse(&pred, &target(self.prediction, &x0, &eps, &a, &sd));
         for opt in [&mut self.unet_opt, &mut self.text_opt] {
             opt.lr = s.lr * lr_scale;
             opt.zero_grad();

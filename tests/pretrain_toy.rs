@@ -2,6 +2,9 @@
 //! loaders the real models use, the report and manifest hold the gates, a run interrupted
 //! (Ctrl-C) and resumed ends byte for byte where an uninterrupted one does, and misuse is refused
 //! with a message.
+//!
+//! A test binary of its own: the stages draw from torch's global generator, so a test building
+//! networks on another thread of the same process would change the draws (tests/Cargo.toml).
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
