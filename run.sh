@@ -359,7 +359,7 @@ demo() {
     "$trainer" bench-tokenize --tokenizer "$out/tokenizer" --seconds 2
     "$trainer" bench-sample --model "$models/student" --iters 10
     "$trainer" bench --config "$toy/fit.yaml" --student "$models/student" --teacher "$models/teacher" \
-        --towers "$models/towers" --images "$toy/dreambench/$subject" --iters 5
+        --towers "$models/towers" --images "$toy/dreambench/$subject" --iters 5 --profile
     "$trainer" bench-eval --run "$out/run" --dataset "$toy/dreambench" \
         --clip "$models/towers/clip" --dino "$models/towers/dino-v1" --prompts 5 --seeds 0,1 --steps 1
     echo "== the loss stack at SD-Turbo's architecture scaled down (random towers: only the time counts)"

@@ -395,6 +395,31 @@ fn discriminator_heads_learn_while_backbones_stay_frozen() {
                 (&base - &tint).clamp(-1.0, 1.0),
             )
         };
+        // What fit does: the student's pass hands over its backbone features (with the IP
+        // tokens its identity loss computed) and the discriminator step detaches them. Same
+        // loss, bit for bit, as a fresh pass over the detached images.
+        {
+            let (real, fake) = batch(50);
+            let fake = fake.set_requires_grad(true);
+            let tokens = ip.tokens(&fake).unwrap();
+            let handed = ensemble.features(&fake, Some(&tokens)).unwrap();
+            let fresh = ensemble.features(&fake, None).unwrap();
+            for (h, f) in handed.iter().zip(&fresh) {
+                assert!(h.equal(f), "{loss:?}: handed-over features differ");
+            }
+            let real_features = ensemble.features(&real, None).unwrap();
+            let reused = ensemble
+                .discriminator_loss_of(&real_features, &handed)
+                .unwrap();
+            let again = ensemble.discriminator_loss(&real, &fake).unwrap();
+            assert!(reused.equal(&again), "{loss:?}: {reused:?} vs {again:?}");
+            assert!(
+                ensemble
+                    .generator_loss_of(&handed, &fake)
+                    .equal(&ensemble.generator_loss(&fake).unwrap()),
+                "{loss:?}: generator loss from handed-over features"
+            );
+        }
         for step in 0..60 {
             let (real, fake) = batch(100 + step);
             let l = ensemble.discriminator_loss(&real, &fake).unwrap();

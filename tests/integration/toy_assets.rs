@@ -114,10 +114,31 @@ fn trainer_bench_times_an_iteration_on_the_toy_models() {
             "0",
             "--iters",
             "1",
+            "--profile",
         ],
     );
     assert!(said.contains("batch 2, 64 px"), "{said}");
     assert!(said.contains("seconds per iteration"), "{said}");
+    // --profile: every phase of the iteration, in order.
+    let phases = [
+        "encode",
+        "teacher_step",
+        "student_forward",
+        "teacher_target",
+        "decode",
+        "student_losses",
+        "student_backward",
+        "student_optimizer",
+        "discriminator_step",
+    ];
+    let at: Vec<usize> = phases
+        .iter()
+        .map(|p| {
+            said.find(&format!("  {p} "))
+                .unwrap_or_else(|| panic!("no {p}:\n{said}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{said}");
 }
 
 /// CI's reduced toy table: every row of the committed manifest, two subjects, two iterations,

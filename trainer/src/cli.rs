@@ -252,6 +252,10 @@ pub struct BenchArgs {
     /// Precision of the frozen networks: f32, f16 or bf16 (trained weights stay f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Also print where the time goes, phase by phase (on CUDA this waits for the GPU at every
+    /// phase boundary, which a plain run never does, so the total is taken apart from it).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Debug, Args)]

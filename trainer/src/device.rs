@@ -30,6 +30,14 @@ pub fn parse_device(name: &str) -> Result<Device> {
     Ok(device)
 }
 
+/// Waits for the kernels queued on `device` (nothing to wait for on the CPU), so that a clock
+/// read after it measures work done rather than work launched.
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// `f32`, `f16` or `bf16`.
 pub fn parse_kind(name: &str) -> Result<Kind> {
     Ok(match name {

@@ -119,44 +119,80 @@ impl Ensemble {
         })
     }
 
-    /// Each member's logits (batch, 2) for images in [-1, 1].
-    pub fn logits(&self, images: &Tensor) -> Result<Vec<Tensor>> {
+    /// Each member's backbone features of images in [-1, 1], differentiable with respect to
+    /// the images. The IP member takes `ip_tokens` when given: the identity loss has already run
+    /// the encoder on these images, and one pass serves both.
+    pub fn features(&self, images: &Tensor, ip_tokens: Option<&Tensor>) -> Result<Vec<Tensor>> {
         self.members
             .iter()
-            .map(|m| {
-                let features = m.backbone.features(images)?;
-                // Heads run in f32 (f64 for gradient checks) whatever the backbone's precision.
-                let kind = crate::losses::alignment::loss_kind(&features);
-                Ok(m.head.forward(&features.to_kind(kind)))
+            .map(|m| match (&m.backbone, ip_tokens) {
+                (Backbone::Ip(_), Some(tokens)) => Ok(tokens.flatten(1, -1)),
+                (backbone, _) => backbone.features(images),
             })
             .collect()
     }
 
+    /// Each member's logits (batch, 2) from its features (as [`Ensemble::features`] returns).
+    pub fn logits_of(&self, features: &[Tensor]) -> Vec<Tensor> {
+        self.members
+            .iter()
+            .zip(features)
+            .map(|(m, f)| {
+                // Heads run in f32 (f64 for gradient checks) whatever the backbone's precision.
+                let kind = crate::losses::alignment::loss_kind(f);
+                m.head.forward(&f.to_kind(kind))
+            })
+            .collect()
+    }
+
+    /// Each member's logits (batch, 2) for images in [-1, 1].
+    pub fn logits(&self, images: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(self.logits_of(&self.features(images, None)?))
+    }
+
     /// The student's adversarial loss Σ_k over generated images (gradients reach the images).
     pub fn generator_loss(&self, fake: &Tensor) -> Result<Tensor> {
+        Ok(self.generator_loss_of(&self.features(fake, None)?, fake))
+    }
+
+    /// [`Ensemble::generator_loss`] from the members' features of the generated images
+    /// (`fake` gives the zero's kind and device when there are no members).
+    pub fn generator_loss_of(&self, fake_features: &[Tensor], fake: &Tensor) -> Tensor {
         if self.members.is_empty() {
-            return Ok(Tensor::zeros(
+            return Tensor::zeros(
                 [],
                 (crate::losses::alignment::loss_kind(fake), fake.device()),
-            ));
+            );
         }
         let terms: Vec<Tensor> = self
-            .logits(fake)?
+            .logits_of(fake_features)
             .iter()
             .map(|l| self.loss.generator(l))
             .collect();
-        Ok(Tensor::stack(&terms, 0).sum(terms[0].kind()))
+        Tensor::stack(&terms, 0).sum(terms[0].kind())
     }
 
     /// The discriminators' loss Σ_k over real and (detached) generated images.
     pub fn discriminator_loss(&self, real: &Tensor, fake: &Tensor) -> Result<Tensor> {
+        let fake_features = self.features(&fake.detach(), None)?;
+        self.discriminator_loss_of(&self.features(real, None)?, &fake_features)
+    }
+
+    /// [`Ensemble::discriminator_loss`] from the members' features; the generated images'
+    /// features are detached here, so the student's pass can hand over its own (the backbones
+    /// are frozen: the values are the ones a fresh pass would compute).
+    pub fn discriminator_loss_of(
+        &self,
+        real_features: &[Tensor],
+        fake_features: &[Tensor],
+    ) -> Result<Tensor> {
         ensure!(
             !self.members.is_empty(),
             "no discriminators to train (discriminators is empty)"
         );
-        let fake = fake.detach();
-        let real_logits = self.logits(real)?;
-        let fake_logits = self.logits(&fake)?;
+        let fake: Vec<Tensor> = fake_features.iter().map(Tensor::detach).collect();
+        let real_logits = self.logits_of(real_features);
+        let fake_logits = self.logits_of(&fake);
         let terms: Vec<Tensor> = real_logits
             .iter()
             .zip(&fake_logits)

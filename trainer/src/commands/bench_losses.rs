@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 use trainer::checkpoint::LoadOptions;
 use trainer::losses::stack::{LossStack, StackConfig};
 
@@ -37,9 +37,7 @@ pub fn run(args: &BenchLossesArgs) -> Result<()> {
         let student_images =
             (Tensor::rand(image, (Kind::Float, device)) * 2.0 - 1.0).set_requires_grad(true);
         let target_images = Tensor::rand(image, (Kind::Float, device)) * 2.0 - 1.0;
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
+        trainer::device::synchronize(device);
         let start = Instant::now();
         let loss = stack.student_loss(
             &student_latents,
@@ -49,13 +47,15 @@ pub fn run(args: &BenchLossesArgs) -> Result<()> {
             0.5,
         )?;
         loss.total.backward();
+        // As fit does: the student's pass hands its backbone features to the discriminators.
+        let real = stack
+            .ensemble
+            .features(&target_images.to_kind(kind), None)?;
         let d = stack
             .ensemble
-            .discriminator_loss(&target_images.to_kind(kind), &student_images.to_kind(kind))?;
+            .discriminator_loss_of(&real, &loss.fake_features)?;
         d.backward();
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
+        trainer::device::synchronize(device);
         if iter > 0 {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }

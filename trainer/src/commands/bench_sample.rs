@@ -11,12 +11,6 @@ use trainer::sampling::{apply_step, Pipeline};
 use super::sample::load_options;
 use crate::cli::BenchSampleArgs;
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -56,10 +50,10 @@ pub fn run(args: &BenchSampleArgs) -> Result<()> {
     let (mut text, mut unet, mut vae, mut total) = (vec![], vec![], vec![], vec![]);
     // The first image warms up allocators and kernels; it is not counted.
     for iter in 0..=args.iters {
-        sync(device);
+        trainer::device::synchronize(device);
         let start = Instant::now();
         let context = p.encode_prompts(&["a photo of a dog on the beach"]);
-        sync(device);
+        trainer::device::synchronize(device);
         let t_text = start.elapsed().as_secs_f64();
         let noise = Tensor::from_slice(&rng.normal(numel as usize))
             .view(shape)
@@ -68,12 +62,12 @@ pub fn run(args: &BenchSampleArgs) -> Result<()> {
         let x_in = (&latents * f64::from(scheduler.model_input_scale(0)?)).to_kind(kind);
         let out = tch::no_grad(|| p.unet.model.forward(&x_in, &t, &context)).to_kind(Kind::Float);
         let latents = apply_step(&coeffs, &latents, &out, None).0;
-        sync(device);
+        trainer::device::synchronize(device);
         let t_unet = start.elapsed().as_secs_f64();
         let scaling = p.vae.model.config().scaling_factor;
         let image = tch::no_grad(|| p.vae.model.decode(&(latents / scaling).to_kind(kind)));
         let _ = image.to_device(Device::Cpu);
-        sync(device);
+        trainer::device::synchronize(device);
         let t_all = start.elapsed().as_secs_f64();
         if iter > 0 {
             text.push(t_text * 1e3);

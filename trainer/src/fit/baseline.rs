@@ -360,7 +360,7 @@ impl Baseline {
     pub fn step_on(&mut self, batch: &FinetuneBatch) -> Result<StepLog> {
         let start = Instant::now();
         self.iteration += 1;
-        let mut phases = Phases::new(self.device);
+        let mut phases = Phases::new(self.device, false);
         let x0 = encode_latents(
             &self.vae.model,
             &batch.images,

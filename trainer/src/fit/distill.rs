@@ -93,6 +93,7 @@ pub struct Distiller {
     lr_scale: f64,
     recoveries: usize,
     poison_at: Option<usize>,
+    profile: bool,
 }
 
 /// Everything random about one iteration, drawn up front so that a batch can be replayed.
@@ -327,31 +328,31 @@ pub(crate) fn scheduler_config(model: &Path) -> Result<SchedulerConfigFile> {
     serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", path.display()))
 }
 
-/// Waits for queued GPU work so that phase timings mean something on CUDA.
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-/// Times the parts of one iteration.
+/// Times the parts of one iteration. On the CPU the marks cost nothing and are always taken;
+/// on CUDA each mark waits for the queued kernels, so only a profiled run (`trainer bench
+/// --profile`) takes them and a training run keeps the GPU's queue full.
 pub(crate) struct Phases {
     device: Device,
+    enabled: bool,
     last: Instant,
     pub(crate) done: Vec<(&'static str, f64)>,
 }
 
 impl Phases {
-    pub(crate) fn new(device: Device) -> Self {
+    pub(crate) fn new(device: Device, profile: bool) -> Self {
         Self {
             device,
+            enabled: profile || device == Device::Cpu,
             last: Instant::now(),
             done: Vec::new(),
         }
     }
 
     pub(crate) fn mark(&mut self, name: &'static str) {
-        sync(self.device);
+        if !self.enabled {
+            return;
+        }
+        crate::device::synchronize(self.device);
         let now = Instant::now();
         self.done
             .push((name, now.duration_since(self.last).as_secs_f64()));
@@ -512,6 +513,7 @@ impl Distiller {
             lr_scale: 1.0,
             recoveries: 0,
             poison_at: None,
+            profile: false,
         })
     }
 
@@ -589,7 +591,7 @@ impl Distiller {
         let start = Instant::now();
         let stage = self.config.stage_after(self.iteration);
         self.iteration += 1;
-        let mut phases = Phases::new(self.device);
+        let mut phases = Phases::new(self.device, self.profile);
         let x0 = encode_latents(
             &self.vae.model,
             &batch.images,
@@ -753,19 +755,31 @@ impl Distiller {
             })
         });
         phases.mark("decode");
-        let (mut total, c_t, identity, mse, swd, adversarial) = match (&target, &target_images) {
-            (Some((x0, c_t)), Some(images)) => {
-                let l = self
-                    .losses
-                    .student_loss(&x_s, x0, &student_images, images, *c_t)?;
-                (l.total, *c_t, l.identity, l.mse, l.swd, l.adversarial)
-            }
-            _ => {
-                let adv = self.losses.ensemble.generator_loss(&student_images)?;
-                let v = adv.double_value(&[]);
-                (adv, 0.0, 0.0, 0.0, 0.0, v)
-            }
-        };
+        let (mut total, c_t, identity, mse, swd, adversarial, fake_features) =
+            match (&target, &target_images) {
+                (Some((x0, c_t)), Some(images)) => {
+                    let l = self
+                        .losses
+                        .student_loss(&x_s, x0, &student_images, images, *c_t)?;
+                    let (total, features) = (l.total, l.fake_features);
+                    (
+                        total,
+                        *c_t,
+                        l.identity,
+                        l.mse,
+                        l.swd,
+                        l.adversarial,
+                        features,
+                    )
+                }
+                _ => {
+                    let ensemble = &self.losses.ensemble;
+                    let features = ensemble.features(&student_images, None)?;
+                    let adv = ensemble.generator_loss_of(&features, &student_images);
+                    let v = adv.double_value(&[]);
+                    (adv, 0.0, 0.0, 0.0, 0.0, v, features)
+                }
+            };
         if poison {
             total *= f64::NAN;
         }
@@ -778,6 +792,7 @@ impl Distiller {
             }
         }
         total.backward();
+        phases.mark("student_backward");
         let grad_norm = clip_gradients(&self.kv_student.vs, self.config.max_grad_norm);
         self.opt_student.step();
         if trains_rows {
@@ -792,14 +807,14 @@ impl Distiller {
                 }
             }
         }
-        phases.mark("student_backward");
+        phases.mark("student_optimizer");
 
         let mut discriminator_loss = 0.0;
         if let Some(opt) = self.opt_heads.as_mut() {
-            let d = self
-                .losses
-                .ensemble
-                .discriminator_loss(&batch.images, &student_images.detach())?;
+            // The student's pass already ran the frozen backbones on its images.
+            let ensemble = &self.losses.ensemble;
+            let real_features = ensemble.features(&batch.images, None)?;
+            let d = ensemble.discriminator_loss_of(&real_features, &fake_features)?;
             opt.zero_grad();
             d.backward();
             clip_gradients(&self.losses.ensemble.heads, self.config.max_grad_norm);
@@ -929,6 +944,12 @@ impl Distiller {
                 _ => teacher,
             };
         }
+    }
+
+    /// Times every phase of an iteration, synchronising the GPU at each boundary (`trainer bench
+    /// --profile`); off, a CUDA run logs no phases and never waits inside an iteration for them.
+    pub fn set_profile(&mut self, profile: bool) {
+        self.profile = profile;
     }
 
     /// Makes iteration `iteration` produce a NaN loss once (a failpoint for testing recovery).

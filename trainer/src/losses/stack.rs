@@ -74,6 +74,9 @@ pub struct StudentLoss {
     pub swd: f64,
     /// Σ_k L_adv,k.
     pub adversarial: f64,
+    /// The discriminators' backbone features of the student's images, for the discriminator
+    /// step (which detaches them) instead of a second pass through the frozen backbones.
+    pub fake_features: Vec<Tensor>,
 }
 
 impl LossStack {
@@ -131,14 +134,21 @@ impl LossStack {
             "student and target images differ in shape"
         );
         let target_tokens = tch::no_grad(|| self.ip.tokens(target_images))?;
-        let identity = identity_loss(&self.ip.tokens(student_images)?, &target_tokens);
+        // One encoder pass serves the identity loss and the IP discriminator.
+        let student_tokens = self.ip.tokens(student_images)?;
+        let identity = identity_loss(&student_tokens, &target_tokens);
         let mse = latent_mse(student_latents, &target_latents.detach());
         let swd = self
             .ms_swd
             .forward(student_images, &target_images.detach())?
             .mean(identity.kind());
         let align = self.weights.combine(weight, &identity, &mse, &swd);
-        let adversarial = self.ensemble.generator_loss(student_images)?;
+        let fake_features = self
+            .ensemble
+            .features(student_images, Some(&student_tokens))?;
+        let adversarial = self
+            .ensemble
+            .generator_loss_of(&fake_features, student_images);
         let value = |t: &Tensor| t.double_value(&[]);
         Ok(StudentLoss {
             identity: value(&identity),
@@ -146,6 +156,7 @@ impl LossStack {
             swd: value(&swd),
             adversarial: value(&adversarial),
             total: align + adversarial,
+            fake_features,
         })
     }
 }
