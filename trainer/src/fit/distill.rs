@@ -27,7 +27,7 @@ use crate::discriminator::Backbone;
 use crate::losses::adversarial::AdversarialLoss;
 use crate::losses::alignment::AlignmentWeights;
 use crate::losses::diffusion;
-use crate::losses::stack::{LossStack, StackConfig};
+use crate::losses::stack::{LossStack, StackConfig, StudentLoss};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
@@ -693,7 +693,7 @@ impl Distiller {
                     .forward(&x_tp.to_kind(self.kind), &t, &context)
                     .to_kind(Kind::Float)
             };
-            Ok(crate::losses::diffusion::predicted_x0(
+            Ok(diffusion::predicted_x0(
                 teacher.prediction,
                 &x_tp,
                 &pred,
@@ -755,31 +755,23 @@ impl Distiller {
             })
         });
         phases.mark("decode");
-        let (mut total, c_t, identity, mse, swd, adversarial, fake_features) =
-            match (&target, &target_images) {
-                (Some((x0, c_t)), Some(images)) => {
-                    let l = self
-                        .losses
-                        .student_loss(&x_s, x0, &student_images, images, *c_t)?;
-                    let (total, features) = (l.total, l.fake_features);
-                    (
-                        total,
-                        *c_t,
-                        l.identity,
-                        l.mse,
-                        l.swd,
-                        l.adversarial,
-                        features,
-                    )
-                }
-                _ => {
-                    let ensemble = &self.losses.ensemble;
-                    let features = ensemble.features(&student_images, None)?;
-                    let adv = ensemble.generator_loss_of(&features, &student_images);
-                    let v = adv.double_value(&[]);
-                    (adv, 0.0, 0.0, 0.0, 0.0, v, features)
-                }
-            };
+        let (loss, c_t) = match (&target, &target_images) {
+            (Some((x0, c_t)), Some(images)) => (
+                self.losses
+                    .student_loss(&x_s, x0, &student_images, images, *c_t)?,
+                *c_t,
+            ),
+            // No teacher (ablation): the discriminators alone.
+            _ => (self.losses.adversarial_only(&student_images)?, 0.0),
+        };
+        let StudentLoss {
+            mut total,
+            identity,
+            mse,
+            swd,
+            adversarial,
+            fake_features,
+        } = loss;
         if poison {
             total *= f64::NAN;
         }

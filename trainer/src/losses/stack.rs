@@ -159,4 +159,21 @@ impl LossStack {
             fake_features,
         })
     }
+
+    /// The student's loss with no teacher target (the no-teacher ablation): the adversarial
+    /// term alone, the alignment terms 0.
+    pub fn adversarial_only(&self, student_images: &Tensor) -> Result<StudentLoss> {
+        let fake_features = self.ensemble.features(student_images, None)?;
+        let total = self
+            .ensemble
+            .generator_loss_of(&fake_features, student_images);
+        Ok(StudentLoss {
+            identity: 0.0,
+            mse: 0.0,
+            swd: 0.0,
+            adversarial: total.double_value(&[]),
+            total,
+            fake_features,
+        })
+    }
 }

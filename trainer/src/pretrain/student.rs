@@ -250,7 +250,8 @@ impl Stage for StudentStage<'_> {
             .vae
             .decode(&(&x0_hat / self.latents.scaling()))
             .clamp(-1.0, 1.0);
-        let adversarial = self.ensemble.generator_loss(&fake)?;
+        let fake_features = self.ensemble.features(&fake, None)?;
+        let adversarial = self.ensemble.generator_loss_of(&fake_features, &fake);
         let reconstruction = mse(&x0_hat, &x0);
         let loss = &adversarial * s.adversarial_weight
             + &distill * s.distillation_weight
@@ -260,7 +261,11 @@ impl Stage for StudentStage<'_> {
         loss.backward();
         self.opt.step();
 
-        let d_loss = self.ensemble.discriminator_loss(&real, &fake)?;
+        // The frozen backbone's features of the fakes from above, detached (as fit does).
+        let real_features = self.ensemble.features(&real, None)?;
+        let d_loss = self
+            .ensemble
+            .discriminator_loss_of(&real_features, &fake_features)?;
         self.head_opt.lr = s.discriminator_lr * lr_scale;
         self.head_opt.zero_grad();
         d_loss.backward();
