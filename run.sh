@@ -408,6 +408,39 @@ goldens() {
     "$GOLDENS_ENV/bin/python" tests/scripts/make_scheduler_goldens.py --out tests/fixtures/scheduler_goldens.json
     "$GOLDENS_ENV/bin/python" tests/scripts/make_model_goldens.py --out tests/fixtures/models
     "$GOLDENS_ENV/bin/python" tests/scripts/make_tower_goldens.py --out tests/fixtures/towers
+    "$GOLDENS_ENV/bin/python" tests/scripts/make_full_size_layouts.py --out tests/fixtures/full_size_layouts.json
+}
+
+# What a lent GPU machine needs beside the working tree, in GPU_KIT (git-ignored, named in the
+# device call's `carry`): the trainer built with the `cuda` feature (stripped, xz), the CLIP
+# tokenizer, and diffusers (the GPU machines have torch and transformers, not diffusers). All
+# xz-packed: a device call carries at most 64 MiB and the committed toy models take 51 of them.
+GPU_KIT="$ROOT/.gpu-kit"
+gpu_kit() {
+    cd "$ROOT"
+    say "building trainer with the cuda feature (release; the CPU binary is rebuilt after)"
+    cargo build -q --release -p trainer --features cuda
+    local stage="$GPU_KIT.tmp-stage" scratch
+    scratch="$(mktemp -d)"
+    rm -rf "$stage"
+    mkdir -p "$stage" "$scratch/site"
+    strip -o "$stage/trainer" "$ROOT/target/release/trainer"
+    xz -T0 -6 "$stage/trainer"
+    tar -C "$CLIP_TOKENIZER" --exclude .complete -cJf "$stage/tokenizer.tar.xz" .
+    say "packing diffusers $DIFFUSERS_VERSION (pure Python) for the GPU machine's Python 3.12"
+    pip_download "$scratch" "diffusers==$DIFFUSERS_VERSION" importlib_metadata
+    for whl in "$scratch"/*.whl; do unzip -q -o "$whl" -d "$scratch/site"; done
+    tar -C "$scratch/site" -cJf "$stage/python-site.tar.xz" .
+    rm -rf "$scratch" "$GPU_KIT"
+    mv "$stage" "$GPU_KIT"
+    cargo build -q --release -p trainer
+    local tracked
+    tracked="$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)"
+    say "ready: $GPU_KIT ($(du -sb "$GPU_KIT" | cut -f1) bytes; tracked files $tracked bytes; a call carries at most 67108864)"
+    cat <<CALL
+device run (carry [".gpu-kit"], timeout_s 600):
+  tests/scripts/gpu_measurements.sh --kit .gpu-kit --out \$OUT --work /tmp/echodistill-gpu
+CALL
 }
 
 usage() {
@@ -421,6 +454,8 @@ usage: ./run.sh <command>
           (webgpu: SwiftShader, a correctness check; webgpu-gpu: the machine's GPU)
   setup   install what is missing into $CACHE and print what it did
   goldens regenerate the committed reference fixtures (installs PyTorch + diffusers once)
+  gpu-kit pack the CUDA trainer, tokenizer and diffusers into .gpu-kit for a lent GPU machine
+          (tests/scripts/gpu_measurements.sh runs there; see docs/performance.md)
   env     print the environment exports (eval "\$(./run.sh env)" to build by hand)
 USAGE
 }
@@ -439,6 +474,7 @@ case "${1:-}" in
     test) setup; export_env; test_all ;;
     setup) setup ;;
     goldens) setup; export_env; goldens ;;
+    gpu-kit) setup; export_env; gpu_kit ;;
     env)
         export_env
         for v in LIBTORCH LD_LIBRARY_PATH ECHODISTILL_CACHE ECHODISTILL_CLIP_TOKENIZER ECHODISTILL_PYTHON ECHODISTILL_DREAMBENCH ORT_DYLIB_PATH ECHODISTILL_WEB_NODE ECHODISTILL_CHROMIUM; do

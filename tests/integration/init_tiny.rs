@@ -117,11 +117,12 @@ fn tiny_towers_run_the_whole_loss_stack() {
         .student_loss(&latents, &(latents.detach() * 0.5), &images, &target, 0.3)
         .unwrap();
     for (name, v) in [
-        ("id", loss.identity),
-        ("mse", loss.mse),
-        ("swd", loss.swd),
-        ("adv", loss.adversarial),
+        ("id", &loss.identity),
+        ("mse", &loss.mse),
+        ("swd", &loss.swd),
+        ("adv", &loss.adversarial),
     ] {
+        let v = v.double_value(&[]);
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
     loss.total.backward();
@@ -155,4 +156,71 @@ fn tiny_towers_run_the_whole_loss_stack() {
     assert_eq!(t.size(), v.size());
     let cos = tch::Tensor::cosine_similarity(&t, &v, -1, 1e-8).double_value(&[0]);
     assert!(cos.is_finite() && cos.abs() <= 1.0);
+}
+
+/// (tensors, parameters, SHA-256 of the sorted "name [shape]" lines) of one weight file's
+/// layout, as tests/scripts/make_full_size_layouts.py summarises diffusers' and transformers'
+/// state dicts.
+fn layout_summary(tensors: &[(String, Vec<i64>)]) -> (u64, u64, String) {
+    use sha2::{Digest, Sha256};
+    let mut lines: Vec<String> = tensors
+        .iter()
+        .map(|(name, shape)| format!("{name} {shape:?}"))
+        .collect();
+    lines.sort();
+    let parameters = tensors
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>() as u64)
+        .sum();
+    let digest = Sha256::digest(lines.join("\n").as_bytes());
+    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (tensors.len() as u64, parameters, hex)
+}
+
+#[test]
+fn full_size_models_have_the_reference_layouts() {
+    // The full-size benchmark models (`init-tiny --architecture sd-turbo|sd21 --towers full`),
+    // built from the same configs without drawing weights: every tensor name and shape must be
+    // the one diffusers/transformers build from those configs (the committed goldens).
+    let goldens: serde_json::Value =
+        serde_json::from_slice(&fs::read(tests::fixture("full_size_layouts.json")).unwrap())
+            .unwrap();
+    let networks = &goldens["networks"];
+    let mut checked = 0;
+    for (arch, towers) in [("sd-turbo", "full"), ("sd21", "none")] {
+        let architecture = trainer::random_init::Architecture::named(arch).unwrap();
+        let set = trainer::random_init::TowerSet::named(towers).unwrap();
+        for (file, tensors) in trainer::random_init::network_layouts(&architecture, set).unwrap() {
+            if file == "towers/ip-adapter.safetensors" {
+                // The original IP-Adapter file (no diffusers class): ip-adapter_sd15's projection.
+                let want = [
+                    ("image_proj.norm.bias".to_string(), vec![768]),
+                    ("image_proj.norm.weight".to_string(), vec![768]),
+                    ("image_proj.proj.bias".to_string(), vec![3072]),
+                    ("image_proj.proj.weight".to_string(), vec![3072, 1024]),
+                ];
+                assert_eq!(tensors, want);
+                checked += 1;
+                continue;
+            }
+            let key = match file.strip_prefix("towers/") {
+                Some(rest) => format!("full-towers/{}", rest.split('/').next().unwrap()),
+                None => format!("{arch}/{}", file.split('/').next().unwrap()),
+            };
+            let want = &networks[&key];
+            assert!(want.is_object(), "no golden for {key}");
+            let (count, parameters, sha) = layout_summary(&tensors);
+            assert_eq!(
+                (count, parameters, sha.as_str()),
+                (
+                    want["tensors"].as_u64().unwrap(),
+                    want["parameters"].as_u64().unwrap(),
+                    want["sha256"].as_str().unwrap()
+                ),
+                "{key} ({file})"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 + 5 + 3, "every network was compared");
 }

@@ -8,6 +8,7 @@ mod fit;
 mod fit_ablations;
 mod fit_overfit;
 mod fit_safety;
+mod gpu_measurements;
 mod init_tiny;
 mod losses;
 mod model_parity;

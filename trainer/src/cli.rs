@@ -256,6 +256,10 @@ pub struct BenchArgs {
     /// phase boundary, which a plain run never does, so the total is taken apart from it).
     #[arg(long)]
     pub profile: bool,
+    /// Also time as many iterations with plain host-to-device copies from pageable memory
+    /// (each of which waits for the GPU), to measure what the pinned, non-blocking copies save.
+    #[arg(long)]
+    pub compare_uploads: bool,
 }
 
 #[derive(Debug, Args)]
@@ -323,10 +327,14 @@ pub struct InitTinyArgs {
     /// The model folder to create.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// tiny-student (SD-Turbo scaled down), tiny-teacher (upcast attention, DDIM, v-prediction)
-    /// or sd-turbo (full size, for benchmarks).
+    /// tiny-student (SD-Turbo scaled down), tiny-teacher (upcast attention, DDIM, v-prediction),
+    /// or the full-size sd-turbo (student) and sd21 (teacher: SD 2.1 at 768 px) for benchmarks.
     #[arg(long, default_value = "tiny-student")]
     pub architecture: String,
+    /// Image towers written to OUT/towers: tiny, full (the real DINOv1 ViT-S/16, DINOv2
+    /// ViT-L/14, IP-Adapter ViT-H/14 encoder and projection, CLIP ViT-L/14@336; 5.6 GB) or none.
+    #[arg(long, default_value = "tiny", value_parser = ["tiny", "full", "none"])]
+    pub towers: String,
     /// Seed of the weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

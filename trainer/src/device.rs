@@ -1,8 +1,10 @@
 //! Parsing where and in what precision networks run, shared by every command and `fit`'s
 //! config.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::{bail, Result};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// `cpu`, `cuda` or `cuda:N`, checked against the devices libtorch sees.
 pub fn parse_device(name: &str) -> Result<Device> {
@@ -35,6 +37,32 @@ pub fn parse_device(name: &str) -> Result<Device> {
 pub fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
+    }
+}
+
+static PAGEABLE_UPLOADS: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`upload`] copy from pageable memory, as a plain `to_device` does (for measuring what
+/// the pinned, non-blocking copies save: `trainer bench --pageable-uploads`).
+pub fn set_pageable_uploads(on: bool) {
+    PAGEABLE_UPLOADS.store(on, Ordering::Relaxed);
+}
+
+/// Copies a host tensor (noise, timesteps, token ids, constants) to `device` without making the
+/// host wait for the GPU. A CUDA copy from pageable memory waits for every kernel queued before
+/// it, so each such copy inside an iteration leaves the GPU idle while the host queues the rest;
+/// from pinned (page-locked) memory the copy is queued like a kernel. Same values either way;
+/// on the CPU, and if pinning fails, this is `to_device`.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    if device == Device::Cpu
+        || t.device() != Device::Cpu
+        || PAGEABLE_UPLOADS.load(Ordering::Relaxed)
+    {
+        return t.to_device(device);
+    }
+    match t.f_pin_memory(device) {
+        Ok(pinned) => pinned.to_device_(device, pinned.kind(), true, false),
+        Err(_) => t.to_device(device),
     }
 }
 

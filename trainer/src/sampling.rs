@@ -12,6 +12,7 @@ use runtime::{ClipTokenizer, GaussianRng, Scheduler};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{load_text_encoder, load_unet, load_vae, LoadOptions, Loaded};
+use crate::device::upload;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
@@ -115,9 +116,10 @@ pub fn token_ids<S: AsRef<str>>(
         .iter()
         .flat_map(|p| tokenizer.encode(p.as_ref()).ids.into_iter().map(i64::from))
         .collect();
-    Tensor::from_slice(&ids)
-        .view([prompts.len() as i64, tokenizer.max_length() as i64])
-        .to_device(device)
+    upload(
+        &Tensor::from_slice(&ids).view([prompts.len() as i64, tokenizer.max_length() as i64]),
+        device,
+    )
 }
 
 /// Writes an image as PNG through a temporary file beside `path`.

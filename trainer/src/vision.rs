@@ -8,6 +8,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::device::upload;
+
 /// ImageNet statistics (DINOv1, DINOv2).
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 /// ImageNet statistics (DINOv1, DINOv2).
@@ -52,14 +54,18 @@ pub fn prepare(image: &Tensor, input: TowerInput) -> Tensor {
         Normalization::None => resized,
         Normalization::MeanStd { mean, std } => {
             let opts = (Kind::Float, image.device());
-            let mean = Tensor::from_slice(&mean)
-                .to_kind(Kind::Float)
-                .view([1, 3, 1, 1])
-                .to_device(opts.1);
-            let std = Tensor::from_slice(&std)
-                .to_kind(Kind::Float)
-                .view([1, 3, 1, 1])
-                .to_device(opts.1);
+            let mean = upload(
+                &Tensor::from_slice(&mean)
+                    .to_kind(Kind::Float)
+                    .view([1, 3, 1, 1]),
+                opts.1,
+            );
+            let std = upload(
+                &Tensor::from_slice(&std)
+                    .to_kind(Kind::Float)
+                    .view([1, 3, 1, 1]),
+                opts.1,
+            );
             let unit = (resized + 1.0) / 2.0;
             ((unit - mean) / std).to_kind(image.kind())
         }

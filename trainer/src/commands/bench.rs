@@ -54,12 +54,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for _ in 0..args.iters {
         d.step()?;
     }
-    trainer::device::synchronize(trainer::device::parse_device(&args.device)?);
+    let device = trainer::device::parse_device(&args.device)?;
+    trainer::device::synchronize(device);
     let n = args.iters as f64;
     println!(
         "seconds per iteration: {:.3}",
         started.elapsed().as_secs_f64() / n
     );
+    if args.compare_uploads {
+        // The same iterations with every host-to-device copy from pageable memory (each waits
+        // for the GPU), then back to pinned, non-blocking copies.
+        trainer::device::set_pageable_uploads(true);
+        let started = std::time::Instant::now();
+        for _ in 0..args.iters {
+            d.step()?;
+        }
+        trainer::device::synchronize(device);
+        trainer::device::set_pageable_uploads(false);
+        println!(
+            "seconds per iteration with pageable (blocking) uploads: {:.3}",
+            started.elapsed().as_secs_f64() / n
+        );
+    }
     if args.profile {
         d.set_profile(true);
         let mut total = 0.0;

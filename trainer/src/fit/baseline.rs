@@ -28,10 +28,11 @@ use super::distill::{
     StepLog, MIN_CROP_SCALE,
 };
 use super::optim::AdamW;
+use super::readout::read_scalars;
 use super::run_checkpoint::{self, Contents};
 use super::trainable::{add_concept_tokens, CrossAttentionKv, LoraAdapters, TokenRows};
 use crate::checkpoint::{load_text_encoder, load_unet, load_vae, model_dir, LoadOptions, Loaded};
-use crate::device::{parse_device, parse_kind};
+use crate::device::{parse_device, parse_kind, upload};
 use crate::losses::diffusion;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
@@ -340,7 +341,7 @@ impl Baseline {
             .collect();
         let eps = normal(&mut self.rng, &latent, self.device);
         FinetuneBatch {
-            images: Tensor::stack(&images, 0).to_device(self.device),
+            images: upload(&Tensor::stack(&images, 0), self.device),
             prompts,
             class_images,
             posterior_noise,
@@ -370,8 +371,10 @@ impl Baseline {
         phases.mark("encode");
         let (a, s) = diffusion::coefficients(&self.alphas_cumprod, &batch.ts, self.device);
         let x_t = &a * &x0 + &s * &batch.eps;
-        let t = Tensor::from_slice(&batch.ts.iter().map(|&t| t as f32).collect::<Vec<_>>())
-            .to_device(self.device);
+        let t = upload(
+            &Tensor::from_slice(&batch.ts.iter().map(|&t| t as f32).collect::<Vec<_>>()),
+            self.device,
+        );
         let ids = token_ids(&self.tokenizer, &batch.prompts, self.device);
         let context = if self.opt_rows.is_some() {
             self.text.model.forward(&ids)
@@ -391,10 +394,10 @@ impl Baseline {
                 &pred.narrow(0, photos, n - photos),
                 &target.narrow(0, photos, n - photos),
             );
-            let value = prior.double_value(&[]);
-            (&instance + prior * self.config.baseline.prior_weight, value)
+            let weighted = &instance + &prior * self.config.baseline.prior_weight;
+            (weighted, Some(prior.detach()))
         } else {
-            (instance, 0.0)
+            (instance, None)
         };
         if self.poison_at == Some(self.iteration) {
             self.poison_at = None;
@@ -426,15 +429,22 @@ impl Baseline {
             o.step();
         }
         phases.mark("backward");
+        // The norm of what trains: the model's when it trains, else the token rows'.
+        let grad_norm = match model_norm {
+            Some(norm) => norm,
+            None => rows_norm.flatten(),
+        };
+        // One host read for the iteration's numbers (see `readout`).
+        let v = read_scalars(&[Some(&loss), prior_loss.as_ref(), grad_norm.as_ref()])?;
         Ok(StepLog {
             iteration: self.iteration,
             stage: Stage::Finetune,
             teacher: None,
             student: None,
             finetune: Some(FinetuneLog {
-                loss: loss.double_value(&[]),
-                prior_loss,
-                grad_norm: model_norm.or(rows_norm).unwrap_or(0.0),
+                loss: v[0],
+                prior_loss: v[1],
+                grad_norm: v[2],
             }),
             seconds: start.elapsed().as_secs_f64(),
             phases: phases.done,

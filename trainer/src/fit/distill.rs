@@ -19,10 +19,11 @@ use tch::{Device, Kind, Tensor};
 use super::config::{FitConfig, Stage};
 use super::data::{draw_photos, echo_prompt, load_concept_photos, prompt, Photo};
 use super::optim::AdamW;
+use super::readout::read_scalars;
 use super::run_checkpoint::{self, Contents};
 use super::trainable::{add_concept_tokens, CrossAttentionKv, TokenRows};
 use crate::checkpoint::{load_text_encoder, load_unet, load_vae, model_dir, LoadOptions, Loaded};
-use crate::device::{parse_device, parse_kind};
+use crate::device::{parse_device, parse_kind, upload};
 use crate::discriminator::Backbone;
 use crate::losses::adversarial::AdversarialLoss;
 use crate::losses::alignment::AlignmentWeights;
@@ -139,6 +140,59 @@ pub struct StudentLog {
     pub grad_norm: f64,
 }
 
+/// The teacher step's numbers while still on the device.
+struct TeacherScalars {
+    loss: Tensor,
+    grad_norm: Option<Tensor>,
+}
+
+/// The student and discriminator steps' numbers while still on the device.
+struct StudentScalars {
+    loss: Tensor,
+    c_t: f64,
+    identity: Tensor,
+    mse: Tensor,
+    swd: Tensor,
+    adversarial: Tensor,
+    discriminator_loss: Option<Tensor>,
+    grad_norm: Option<Tensor>,
+}
+
+/// The iteration's numbers, read to the host together (see `readout`).
+fn read_step(
+    teacher: Option<TeacherScalars>,
+    student: Option<StudentScalars>,
+) -> Result<(Option<TeacherLog>, Option<StudentLog>)> {
+    let t = teacher.as_ref();
+    let s = student.as_ref();
+    let v = read_scalars(&[
+        t.map(|t| &t.loss),
+        t.and_then(|t| t.grad_norm.as_ref()),
+        s.map(|s| &s.loss),
+        s.map(|s| &s.identity),
+        s.map(|s| &s.mse),
+        s.map(|s| &s.swd),
+        s.map(|s| &s.adversarial),
+        s.and_then(|s| s.discriminator_loss.as_ref()),
+        s.and_then(|s| s.grad_norm.as_ref()),
+    ])?;
+    let teacher = teacher.map(|_| TeacherLog {
+        loss: v[0],
+        grad_norm: v[1],
+    });
+    let student = student.map(|s| StudentLog {
+        loss: v[2],
+        c_t: s.c_t,
+        identity: v[3],
+        mse: v[4],
+        swd: v[5],
+        adversarial: v[6],
+        discriminator_loss: v[7],
+        grad_norm: v[8],
+    });
+    Ok((teacher, student))
+}
+
 /// A baseline's step numbers.
 #[derive(Debug, Clone)]
 pub struct FinetuneLog {
@@ -251,8 +305,11 @@ impl StepLog {
     }
 }
 
-/// The L2 norm of all gradients of `vs`, then scales them to at most `max` (0 when none).
-pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> f64 {
+/// Scales the gradients of `vs` to an L2 norm of at most `max`, on the device, and returns
+/// their norm before clipping as a 0-dim f64 tensor (`None` without gradients). No host read:
+/// the factor min(1, max / (norm + 1e-6)) stays a tensor, and multiplying by exactly 1 leaves a
+/// gradient as it was, so the result is the host-side `if factor < 1` version's, bit for bit.
+pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> Option<Tensor> {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = vs
             .trainable_variables()
@@ -261,29 +318,29 @@ pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> f64 {
             .filter(Tensor::defined)
             .collect();
         if grads.is_empty() {
-            return 0.0;
+            return None;
         }
         let norms: Vec<Tensor> = grads
             .iter()
             .map(|g| g.norm().to_kind(Kind::Double))
             .collect();
-        let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-        let coef = max / (total + 1e-6);
-        if coef < 1.0 {
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(coef);
-            }
+        let total = Tensor::stack(&norms, 0).norm();
+        let factor = (Tensor::full([], max, (Kind::Double, total.device())) / (&total + 1e-6))
+            .clamp_max(1.0);
+        for mut g in grads {
+            let _ = g.g_mul_(&factor.to_kind(g.kind()));
         }
-        total
+        Some(total)
     })
 }
 
 /// A tensor of `shape` drawn from `rng`'s standard normal, on `device`.
 pub(crate) fn normal(rng: &mut GaussianRng, shape: &[i64], device: Device) -> Tensor {
     let n: i64 = shape.iter().product();
-    Tensor::from_slice(&rng.normal(n as usize))
-        .view(shape)
-        .to_device(device)
+    upload(
+        &Tensor::from_slice(&rng.normal(n as usize)).view(shape),
+        device,
+    )
 }
 
 /// The photos' latents without gradient: the VAE posterior of `images` (in [-1, 1], run in
@@ -569,7 +626,7 @@ impl Distiller {
         let z = self.normal(&latent);
         let t_prime = self.timestep();
         Batch {
-            images: Tensor::stack(&images, 0).to_device(self.device),
+            images: upload(&Tensor::stack(&images, 0), self.device),
             prompts,
             posterior_noise,
             ts,
@@ -616,6 +673,7 @@ impl Distiller {
         } else {
             None
         };
+        let (teacher, student) = read_step(teacher, student)?;
         Ok(StepLog {
             iteration: self.iteration,
             stage,
@@ -629,12 +687,14 @@ impl Distiller {
 
     /// SPEC §4 step 1: the teacher's diffusion loss on the photos; trains the teacher K/V and
     /// the shared token rows.
-    fn teacher_step(&mut self, batch: &Batch, x0: &Tensor, poison: bool) -> Result<TeacherLog> {
+    fn teacher_step(&mut self, batch: &Batch, x0: &Tensor, poison: bool) -> Result<TeacherScalars> {
         let (a, s) = self.coefficients(&batch.ts);
         let eps = &batch.eps;
         let x_t = &a * x0 + &s * eps;
-        let t_tensor = Tensor::from_slice(&batch.ts.iter().map(|&t| t as f32).collect::<Vec<_>>())
-            .to_device(self.device);
+        let t_tensor = upload(
+            &Tensor::from_slice(&batch.ts.iter().map(|&t| t as f32).collect::<Vec<_>>()),
+            self.device,
+        );
         let context = self.embed(&batch.prompts);
         let teacher = self.teacher.as_mut().context("no teacher")?;
         let target = diffusion::target(teacher.prediction, x0, eps, &a, &s);
@@ -654,10 +714,7 @@ impl Distiller {
         clip_gradients(&self.rows.vs, self.config.max_grad_norm);
         teacher.opt.step();
         self.opt_rows.step();
-        Ok(TeacherLog {
-            loss: loss.double_value(&[]),
-            grad_norm,
-        })
+        Ok(TeacherScalars { loss, grad_norm })
     }
 
     /// The teacher's x̂_0 for the student's re-noised output (no gradient), with CFG against
@@ -674,7 +731,7 @@ impl Distiller {
             // Re-noised with the student's own z, as the authors' code does.
             let x_tp = &a2 * x_s.detach() + &s2 * &batch.z;
             let context = self.embed(&batch.prompts).to_kind(self.kind);
-            let t = Tensor::from_slice(&vec![t_prime as f32; b]).to_device(self.device);
+            let t = upload(&Tensor::from_slice(&vec![t_prime as f32; b]), self.device);
             let pred = if self.config.teacher_guidance > 1.0 {
                 let uncond = self.embed(&vec![String::new(); b]).to_kind(self.kind);
                 let ctx = Tensor::cat(&[uncond, context], 0);
@@ -710,7 +767,7 @@ impl Distiller {
         let sched = &self.student_scheduler;
         let latents = z * f64::from(sched.init_noise_sigma());
         let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
-        let t = Tensor::from_slice(&[sched.timesteps()[0]]).to_device(self.device);
+        let t = upload(&Tensor::from_slice(&[sched.timesteps()[0]]), self.device);
         let eps_hat = self
             .student
             .model
@@ -726,7 +783,7 @@ impl Distiller {
         batch: &Batch,
         phases: &mut Phases,
         poison: bool,
-    ) -> Result<StudentLog> {
+    ) -> Result<StudentScalars> {
         let scaling = self.vae.model.config().scaling_factor;
         // The student's prompt embeddings carry gradient only where its loss trains token rows:
         // its own rows (unshared ablation) or the shared rows when there is no teacher.
@@ -801,7 +858,7 @@ impl Distiller {
         }
         phases.mark("student_optimizer");
 
-        let mut discriminator_loss = 0.0;
+        let mut discriminator_loss = None;
         if let Some(opt) = self.opt_heads.as_mut() {
             // The student's pass already ran the frozen backbones on its images.
             let ensemble = &self.losses.ensemble;
@@ -811,11 +868,11 @@ impl Distiller {
             d.backward();
             clip_gradients(&self.losses.ensemble.heads, self.config.max_grad_norm);
             opt.step();
-            discriminator_loss = d.double_value(&[]);
+            discriminator_loss = Some(d);
             phases.mark("discriminator_step");
         }
-        Ok(StudentLog {
-            loss: total.double_value(&[]),
+        Ok(StudentScalars {
+            loss: total,
             c_t,
             identity,
             mse,
@@ -1157,4 +1214,44 @@ pub(crate) fn scheduler_with(
     let mut scheduler = Scheduler::new(config);
     scheduler.set_timesteps(steps)?;
     Ok(scheduler)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store with one trained variable whose gradient is `grad`.
+    fn store_with_grad(grad: &[f32]) -> nn::VarStore {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs
+            .root()
+            .var("w", &[grad.len() as i64], nn::Init::Const(1.0));
+        (&w * Tensor::from_slice(grad)).sum(Kind::Float).backward();
+        vs
+    }
+
+    fn grad_of(vs: &nn::VarStore) -> Vec<f32> {
+        Vec::<f32>::try_from(vs.trainable_variables()[0].grad()).unwrap()
+    }
+
+    #[test]
+    fn clipping_on_the_device_matches_the_host_formula_bit_for_bit() {
+        let grad = [3.0f32, -4.0, 0.125, 7.5];
+        // The former host-side version: the norm read as f64, the factor max / (norm + 1e-6)
+        // applied as an f32 scalar only when below 1.
+        let norm = Tensor::from_slice(&grad).norm().double_value(&[]);
+        for max in [1.0, 2.5, 1e3] {
+            let vs = store_with_grad(&grad);
+            let got = clip_gradients(&vs, max).unwrap().double_value(&[]);
+            assert_eq!(got, norm);
+            let factor = max / (norm + 1e-6);
+            let want: Vec<f32> = if factor < 1.0 {
+                grad.iter().map(|&g| g * factor as f32).collect()
+            } else {
+                grad.to_vec()
+            };
+            assert_eq!(grad_of(&vs), want, "max {max}");
+        }
+        assert!(clip_gradients(&nn::VarStore::new(Device::Cpu), 1.0).is_none());
+    }
 }

@@ -1,9 +1,10 @@
 //! `trainer fit`: EchoDistill's training (SPEC §3–5): the settings ([`config`]), the photos
 //! ([`data`]), what trains ([`trainable`]) and its optimiser ([`optim`]), one iteration and the
-//! echo stage's data ([`distill`]), the paper's baselines ([`baseline`]), what the runner drives
-//! ([`method`]), the whole run with checkpoints ([`run_checkpoint`]), resume, recovery and Ctrl-C
-//! ([`runner`]), fault injection for tests ([`failpoint`]), sample grids ([`grids`]), the HTML
-//! report ([`report`]), the results on disk ([`outputs`]) and using them ([`run_dir`]).
+//! echo stage's data ([`distill`]), the iteration's numbers read to the host once (`readout`),
+//! the paper's baselines ([`baseline`]), what the runner drives ([`method`]), the whole run with
+//! checkpoints ([`run_checkpoint`]), resume, recovery and Ctrl-C ([`runner`]), fault injection
+//! for tests ([`failpoint`]), sample grids ([`grids`]), the HTML report ([`report`]), the
+//! results on disk ([`outputs`]) and using them ([`run_dir`]).
 
 pub mod baseline;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod grids;
 pub mod method;
 pub mod optim;
 pub mod outputs;
+mod readout;
 pub mod report;
 pub mod run_checkpoint;
 pub mod run_dir;

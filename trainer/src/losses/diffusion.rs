@@ -6,6 +6,8 @@
 use runtime::scheduler::PredictionType;
 use tch::{Device, Kind, Tensor};
 
+use crate::device::upload;
+
 /// √ᾱ_t and √(1 − ᾱ_t) per sample of `ts`, shaped (batch, 1, 1, 1) to broadcast over latents.
 pub fn coefficients(alphas_cumprod: &[f32], ts: &[usize], device: Device) -> (Tensor, Tensor) {
     let a: Vec<f32> = ts.iter().map(|&t| alphas_cumprod[t].sqrt()).collect();
@@ -15,8 +17,8 @@ pub fn coefficients(alphas_cumprod: &[f32], ts: &[usize], device: Device) -> (Te
         .collect();
     let shape = [ts.len() as i64, 1, 1, 1];
     (
-        Tensor::from_slice(&a).view(shape).to_device(device),
-        Tensor::from_slice(&b).view(shape).to_device(device),
+        upload(&Tensor::from_slice(&a).view(shape), device),
+        upload(&Tensor::from_slice(&b).view(shape), device),
     )
 }
 

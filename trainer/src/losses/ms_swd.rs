@@ -17,6 +17,8 @@ use anyhow::{ensure, Result};
 use runtime::GaussianRng;
 use tch::{Kind, Tensor};
 
+use crate::device::upload;
+
 /// Side of the patches the spec projects (11×11).
 pub const PATCH: i64 = 11;
 /// Random directions per scale.
@@ -61,19 +63,17 @@ fn linear_to_xyz(x: &Tensor) -> Tensor {
         8788810.0 / 73733382.0,
         70074185.0 / 73733382.0,
     ];
-    let m = Tensor::from_slice(&m)
-        .to_kind(x.kind())
-        .to_device(x.device())
-        .view([3, 3]);
+    let m = upload(&Tensor::from_slice(&m).to_kind(x.kind()), x.device()).view([3, 3]);
     Tensor::einsum("ij,bjhw->bihw", &[m, x.shallow_clone()], None::<&[i64]>)
 }
 
 /// XYZ → CIELAB relative to the D65 white.
 fn xyz_to_lab(x: &Tensor) -> Tensor {
-    let inv_white = Tensor::from_slice(&[1.052_156_925f64, 1.0, 0.918_357_670])
-        .to_kind(x.kind())
-        .to_device(x.device())
-        .view([1, 3, 1, 1]);
+    let inv_white = upload(
+        &Tensor::from_slice(&[1.052_156_925f64, 1.0, 0.918_357_670]).to_kind(x.kind()),
+        x.device(),
+    )
+    .view([1, 3, 1, 1]);
     let t = x * inv_white;
     let delta: f64 = 6.0 / 29.0;
     let cube = delta.powi(3);
@@ -100,9 +100,7 @@ pub fn gaussian_pyramid(x: &Tensor, levels: usize) -> Vec<Tensor> {
         .flat_map(|a| k1.iter().map(move |b| a * b / 256.0))
         .collect();
     let channels = x.size()[1];
-    let kernel = Tensor::from_slice(&kernel)
-        .to_kind(x.kind())
-        .to_device(x.device())
+    let kernel = upload(&Tensor::from_slice(&kernel).to_kind(x.kind()), x.device())
         .view([1, 1, 5, 5])
         .repeat([channels, 1, 1, 1]);
     let mut out = vec![x.shallow_clone()];
@@ -168,9 +166,12 @@ impl MsSwd {
         let raw = Tensor::from_slice(&self.rng.normal(per * self.projections as usize))
             .view([self.projections, per as i64]);
         let unit = &raw / raw.norm_scalaropt_dim(2.0, [1].as_slice(), true);
-        unit.view([self.projections, 3, self.patch, self.patch])
-            .to_kind(kind)
-            .to_device(device)
+        upload(
+            &unit
+                .view([self.projections, 3, self.patch, self.patch])
+                .to_kind(kind),
+            device,
+        )
     }
 
     /// MS-SWD between images in [-1, 1] (batch, 3, h, w): one value per pair, with fresh

@@ -66,14 +66,14 @@ pub struct LossStack {
 pub struct StudentLoss {
     /// The total to backpropagate.
     pub total: Tensor,
-    /// L_id.
-    pub identity: f64,
-    /// L_mse.
-    pub mse: f64,
-    /// L_swd.
-    pub swd: f64,
-    /// Σ_k L_adv,k.
-    pub adversarial: f64,
+    /// L_id (detached, 0-dim; left on the device so that reading it waits for nothing).
+    pub identity: Tensor,
+    /// L_mse (detached).
+    pub mse: Tensor,
+    /// L_swd (detached).
+    pub swd: Tensor,
+    /// Σ_k L_adv,k (detached).
+    pub adversarial: Tensor,
     /// The discriminators' backbone features of the student's images, for the discriminator
     /// step (which detaches them) instead of a second pass through the frozen backbones.
     pub fake_features: Vec<Tensor>,
@@ -149,13 +149,12 @@ impl LossStack {
         let adversarial = self
             .ensemble
             .generator_loss_of(&fake_features, student_images);
-        let value = |t: &Tensor| t.double_value(&[]);
         Ok(StudentLoss {
-            identity: value(&identity),
-            mse: value(&mse),
-            swd: value(&swd),
-            adversarial: value(&adversarial),
-            total: align + adversarial,
+            identity: identity.detach(),
+            mse: mse.detach(),
+            swd: swd.detach(),
+            total: align + &adversarial,
+            adversarial: adversarial.detach(),
             fake_features,
         })
     }
@@ -167,11 +166,12 @@ impl LossStack {
         let total = self
             .ensemble
             .generator_loss_of(&fake_features, student_images);
+        let zero = || Tensor::zeros([], (total.kind(), total.device()));
         Ok(StudentLoss {
-            identity: 0.0,
-            mse: 0.0,
-            swd: 0.0,
-            adversarial: total.double_value(&[]),
+            identity: zero(),
+            mse: zero(),
+            swd: zero(),
+            adversarial: total.detach(),
             total,
             fake_features,
         })
