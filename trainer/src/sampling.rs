@@ -322,8 +322,10 @@ impl Networks<'_> {
         } else {
             cond
         };
-        let mut latents =
-            (initial * f64::from(scheduler.init_noise_sigma())).to_device(self.device);
+        let mut latents = upload(
+            &(initial * f64::from(scheduler.init_noise_sigma())),
+            self.device,
+        );
         for (i, &t) in scheduler.timesteps().iter().enumerate() {
             let x_in = (&latents * f64::from(scheduler.model_input_scale(i)?)).to_kind(self.kind);
             let x_in = if guided {
@@ -331,7 +333,7 @@ impl Networks<'_> {
             } else {
                 x_in
             };
-            let timestep = Tensor::from_slice(&[t]).to_device(self.device);
+            let timestep = upload(&Tensor::from_slice(&[t]), self.device);
             let out =
                 tch::no_grad(|| self.unet.forward(&x_in, &timestep, &context)).to_kind(Kind::Float);
             let out = if guided {
@@ -342,7 +344,7 @@ impl Networks<'_> {
             };
             let c = scheduler.step_coefficients(i)?;
             let noise = if c.noise != 0.0 {
-                Some(step_noise(i, &mut rng)?.to_device(self.device))
+                Some(upload(&step_noise(i, &mut rng)?, self.device))
             } else {
                 None
             };
