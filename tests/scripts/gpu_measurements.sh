@@ -21,7 +21,7 @@
 set -uo pipefail
 
 kit="" trainer="" tokenizer="" out="" work="${TMPDIR:-/tmp}/echodistill-gpu" size=full device=cuda
-dtype=bf16 iters=10 rounds=2 python=python3 reference=1
+dtype=bf16 iters=10 rounds=1 python=python3 reference=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-reference) reference=0; shift; continue ;;

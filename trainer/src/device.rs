@@ -43,7 +43,7 @@ pub fn synchronize(device: Device) {
 static PAGEABLE_UPLOADS: AtomicBool = AtomicBool::new(false);
 
 /// Makes [`upload`] copy from pageable memory, as a plain `to_device` does (for measuring what
-/// the pinned, non-blocking copies save: `trainer bench --pageable-uploads`).
+/// the pinned, non-blocking copies save: `trainer bench --compare-uploads`).
 pub fn set_pageable_uploads(on: bool) {
     PAGEABLE_UPLOADS.store(on, Ordering::Relaxed);
 }
@@ -60,7 +60,9 @@ pub fn upload(t: &Tensor, device: Device) -> Tensor {
     {
         return t.to_device(device);
     }
-    match t.f_pin_memory(device) {
+    // `_pin_memory` with the device: `pin_memory` warns on every call that passing a device is
+    // deprecated, and tch's binding always passes one.
+    match t.f_internal_pin_memory(device) {
         Ok(pinned) => pinned.to_device_(device, pinned.kind(), true, false),
         Err(_) => t.to_device(device),
     }
