@@ -424,6 +424,19 @@ fn build_clip_model(p: nn::Path, config: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// Every network of a model folder of `arch` with `towers`: the pipeline's, then the towers'
+/// (their generators from `seed` + 3 on).
+fn all_networks(arch: &Architecture, towers: TowerSet, seed: u64) -> Result<Vec<Network>> {
+    let cross = cross_attention_dim(arch)?;
+    let mut nets = model_networks(arch, seed);
+    nets.extend(tower_networks(towers, cross, seed.wrapping_add(3))?);
+    Ok(nets)
+}
+
+fn cross_attention_dim(arch: &Architecture) -> Result<i64> {
+    UNetConfig::from_json(arch.config("unet/config.json"))?.cross_attention_dim()
+}
+
 /// A weight file's tensors: (name, shape), sorted by name.
 pub type TensorLayout = Vec<(String, Vec<i64>)>;
 
@@ -434,12 +447,8 @@ pub fn network_layouts(
     arch: &Architecture,
     towers: TowerSet,
 ) -> Result<Vec<(String, TensorLayout)>> {
-    let cross = UNetConfig::from_json(arch.config("unet/config.json"))?.cross_attention_dim()?;
     let mut out = Vec::new();
-    for net in model_networks(arch, 0)
-        .into_iter()
-        .chain(tower_networks(towers, cross, 0)?)
-    {
+    for net in all_networks(arch, towers, 0)? {
         let vs = (net.build)()?;
         let mut tensors: Vec<(String, Vec<i64>)> = vs
             .variables()
@@ -472,7 +481,7 @@ pub fn write_random_model(
             tokenizer.len()
         );
     }
-    let cross = UNetConfig::from_json(arch.config("unet/config.json"))?.cross_attention_dim()?;
+    let cross = cross_attention_dim(arch)?;
     create_folder_beside(out, "--out", |tmp| {
         for (path, text) in arch.files {
             let file = tmp.join(path);
@@ -482,11 +491,7 @@ pub fn write_random_model(
         }
         tokenizer.save_dir(&tmp.join("tokenizer"))?;
         write_tower_files(&tmp.join("towers"), towers, cross, &tokenizer)?;
-        let nets: Vec<Network> = model_networks(arch, seed)
-            .into_iter()
-            .chain(tower_networks(towers, cross, seed.wrapping_add(3))?)
-            .collect();
-        write_networks(&nets, tmp)
+        write_networks(&all_networks(arch, towers, seed)?, tmp)
     })
 }
 

@@ -49,31 +49,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for _ in 0..args.warmup {
         d.step()?;
     }
-    // The total is timed without phase marks: on CUDA they synchronise, which fit does not.
-    let started = std::time::Instant::now();
-    for _ in 0..args.iters {
-        d.step()?;
-    }
     let device = trainer::device::parse_device(&args.device)?;
-    trainer::device::synchronize(device);
     let n = args.iters as f64;
-    println!(
-        "seconds per iteration: {:.3}",
-        started.elapsed().as_secs_f64() / n
-    );
-    if args.compare_uploads {
-        // The same iterations with every host-to-device copy from pageable memory (each waits
-        // for the GPU), then back to pinned, non-blocking copies.
-        trainer::device::set_pageable_uploads(true);
+    // The total is timed without phase marks: on CUDA they synchronise, which fit does not.
+    let seconds_per_iteration = |d: &mut Distiller| -> Result<f64> {
         let started = std::time::Instant::now();
         for _ in 0..args.iters {
             d.step()?;
         }
         trainer::device::synchronize(device);
+        Ok(started.elapsed().as_secs_f64() / n)
+    };
+    println!(
+        "seconds per iteration: {:.3}",
+        seconds_per_iteration(&mut d)?
+    );
+    if args.compare_uploads {
+        // The same iterations with every host-to-device copy from pageable memory (each waits
+        // for the GPU), then back to pinned, non-blocking copies.
+        trainer::device::set_pageable_uploads(true);
+        let pageable = seconds_per_iteration(&mut d);
         trainer::device::set_pageable_uploads(false);
         println!(
             "seconds per iteration with pageable (blocking) uploads: {:.3}",
-            started.elapsed().as_secs_f64() / n
+            pageable?
         );
     }
     if args.profile {

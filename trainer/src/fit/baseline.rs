@@ -24,8 +24,8 @@ use tch::{Device, Kind, Tensor};
 use super::config::{BaselineModel, FitConfig, MethodKind, Stage};
 use super::data::{draw_photos, load_concept_photos, load_photos, prompt, Photo};
 use super::distill::{
-    clip_gradients, encode_latents, normal, scheduler_config, scheduler_with, FinetuneLog, Phases,
-    StepLog, MIN_CROP_SCALE,
+    clip_gradients, encode_latents, normal, scheduler_config, scheduler_with, timestep_tensor,
+    FinetuneLog, Phases, StepLog, MIN_CROP_SCALE,
 };
 use super::optim::AdamW;
 use super::readout::read_scalars;
@@ -371,10 +371,7 @@ impl Baseline {
         phases.mark("encode");
         let (a, s) = diffusion::coefficients(&self.alphas_cumprod, &batch.ts, self.device);
         let x_t = &a * &x0 + &s * &batch.eps;
-        let t = upload(
-            &Tensor::from_slice(&batch.ts.iter().map(|&t| t as f32).collect::<Vec<_>>()),
-            self.device,
-        );
+        let t = timestep_tensor(&batch.ts, self.device);
         let ids = token_ids(&self.tokenizer, &batch.prompts, self.device);
         let context = if self.opt_rows.is_some() {
             self.text.model.forward(&ids)

@@ -334,6 +334,14 @@ pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> Option<Tensor> {
     })
 }
 
+/// Timesteps `ts` as the f32 tensor the UNet takes, on `device`.
+pub(crate) fn timestep_tensor(ts: &[usize], device: Device) -> Tensor {
+    upload(
+        &Tensor::from_slice(&ts.iter().map(|&t| t as f32).collect::<Vec<_>>()),
+        device,
+    )
+}
+
 /// A tensor of `shape` drawn from `rng`'s standard normal, on `device`.
 pub(crate) fn normal(rng: &mut GaussianRng, shape: &[i64], device: Device) -> Tensor {
     let n: i64 = shape.iter().product();
@@ -691,10 +699,7 @@ impl Distiller {
         let (a, s) = self.coefficients(&batch.ts);
         let eps = &batch.eps;
         let x_t = &a * x0 + &s * eps;
-        let t_tensor = upload(
-            &Tensor::from_slice(&batch.ts.iter().map(|&t| t as f32).collect::<Vec<_>>()),
-            self.device,
-        );
+        let t_tensor = timestep_tensor(&batch.ts, self.device);
         let context = self.embed(&batch.prompts);
         let teacher = self.teacher.as_mut().context("no teacher")?;
         let target = diffusion::target(teacher.prediction, x0, eps, &a, &s);
@@ -731,7 +736,7 @@ impl Distiller {
             // Re-noised with the student's own z, as the authors' code does.
             let x_tp = &a2 * x_s.detach() + &s2 * &batch.z;
             let context = self.embed(&batch.prompts).to_kind(self.kind);
-            let t = upload(&Tensor::from_slice(&vec![t_prime as f32; b]), self.device);
+            let t = timestep_tensor(&vec![t_prime; b], self.device);
             let pred = if self.config.teacher_guidance > 1.0 {
                 let uncond = self.embed(&vec![String::new(); b]).to_kind(self.kind);
                 let ctx = Tensor::cat(&[uncond, context], 0);
