@@ -432,6 +432,83 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
         fs::read_to_string(sharded.join("metrics.csv")).unwrap(),
         csv
     );
+
+    merge_tables_rebuild_the_table_from_its_cells(&whole);
+}
+
+/// `trainer merge-tables` on every cell's own `metrics.json` gives the table `bench-table`
+/// assembled from their images: each subject's numbers as they are, the overall ones pooled
+/// to the same values. Cells of the same subject twice, and other protocols, are refused.
+fn merge_tables_rebuild_the_table_from_its_cells(whole: &Path) {
+    let mut cells: Vec<String> = Vec::new();
+    for method in fs::read_dir(whole.join("cells")).unwrap() {
+        for subject in fs::read_dir(method.unwrap().path()).unwrap() {
+            for e in fs::read_dir(subject.unwrap().path()).unwrap() {
+                let e = e.unwrap().path();
+                if e.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("eval-")
+                {
+                    cells.push(e.display().to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(cells.len(), 10);
+    cells.sort();
+    let merged = whole.parent().unwrap().join("merged");
+    let merge = |inputs: &[String]| {
+        let mut args = vec!["merge-tables".to_string(), "--out".into()];
+        args.push(merged.display().to_string());
+        args.extend(inputs.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        tests::run_binary("trainer", &refs)
+    };
+    let out = merge(&cells);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = |dir: &Path| -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+        v["rows"].as_array().unwrap().clone()
+    };
+    let (expected, got) = (rows(whole), rows(&merged));
+    assert_eq!(got.len(), expected.len());
+    for e in &expected {
+        let g = got
+            .iter()
+            .find(|g| g["label"] == e["label"] && g["steps"] == e["steps"])
+            .unwrap_or_else(|| panic!("no merged row for {}", e["label"]));
+        assert_eq!(g["subjects"], e["subjects"], "{}", e["label"]);
+        for metric in ["clip_t", "clip_i", "dino"] {
+            let (x, y) = (&g["overall"][metric], &e["overall"][metric]);
+            assert_eq!(x["n"], y["n"]);
+            for k in ["mean", "se"] {
+                let (a, b) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!(
+                    (a - b).abs() < 1e-12,
+                    "{} {metric} {k}: {a} vs {b}",
+                    e["label"]
+                );
+            }
+        }
+    }
+    assert!(merged.join("metrics.md").is_file() && merged.join("metrics.png").is_file());
+
+    let twice = merge(&[cells[0].clone(), whole.display().to_string()]);
+    crate::fit::assert_refused(&twice, "merge tables of different subjects only");
+    let other = whole.parent().unwrap().join("other-seeds.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(format!("{}/metrics.json", cells[1])).unwrap())
+            .unwrap();
+    v["meta"]["seeds"] = serde_json::json!([0, 1]);
+    fs::write(&other, v.to_string()).unwrap();
+    let mixed = merge(&[cells[0].clone(), other.display().to_string()]);
+    crate::fit::assert_refused(&mixed, "merge tables of the same protocol only");
 }
 
 fn serde_yaml_string(v: &serde_json::Value) -> String {

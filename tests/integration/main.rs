@@ -6,6 +6,7 @@ mod cli_errors;
 mod eval;
 mod fit;
 mod fit_ablations;
+mod fit_memory;
 mod fit_overfit;
 mod fit_safety;
 mod gpu_measurements;

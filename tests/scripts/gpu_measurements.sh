@@ -6,7 +6,8 @@
 #      its eager PyTorch peer tests/scripts/bench_reference_iteration.py on the same folders,
 #      photos and settings, alternating, each with the GPU's memory in use sampled by nvidia-smi;
 #   3. a short `trainer fit` on those models and `trainer bench-eval` on its run (seconds per
-#      generated-and-scored image with the real-size CLIP ViT-L/14@336 and DINO ViT-S/16).
+#      generated-and-scored image with the real-size CLIP ViT-L/14@336 and DINO ViT-S/16);
+#   4. `trainer bench` once more with `checkpoint_decoder=true` (its peak memory against 2.'s).
 # Everything is printed; OUT gets summary.md and logs.tar.gz (every step's output), refreshed
 # after each step so that a run cut short still brings back what it did.
 #
@@ -91,6 +92,8 @@ write_summary() {
         echo "| trainer bench, pageable uploads | $round | $(line "trainer-bench-$round" 'with pageable' | awk '{print $NF}') | (same process) | — |"
         [[ "$reference" == 1 ]] && echo "| eager PyTorch | $round | $(line "reference-$round" 'seconds per iteration' | awk '{print $NF}') | $(gpu_mib "reference-$round") | $(line "reference-$round" 'peak GPU memory allocated' | awk '$1 != "missing" {print $(NF-1), $NF} $1 == "missing" {print "n/a"}') |"
     done
+    [[ -f "$logs/trainer-bench-checkpointed.log" ]] &&
+        echo "| trainer bench, checkpoint_decoder=true | 1 | $(line trainer-bench-checkpointed 'seconds per iteration:' | awk '{print $NF}') | $(gpu_mib trainer-bench-checkpointed) | — |"
     [[ "$reference" == 1 ]] || echo "(the eager PyTorch reference was not run: --no-reference)"
     echo
     echo "bench-eval (5 prompts x 2 seeds, 1 step, real-size CLIP and DINO with --size full): $(line bench-eval 'end to end' | sed 's/^ *//')"
@@ -192,6 +195,9 @@ run_logged bench-eval "$trainer" bench-eval --run "$run" --dataset "$root/traine
     --subject medal_06 \
     --clip "$towers/clip" --dino "$towers/dino-v1" --prompts 5 --seeds 0,1 --steps 1 \
     --device "$device" --dtype "$dtype"
+
+say "trainer bench with the VAE decoder checkpointed (memory against time)"
+run_logged trainer-bench-checkpointed "$trainer" bench "${common[@]}" --set checkpoint_decoder=true
 
 pack
 say "summary"

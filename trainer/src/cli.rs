@@ -36,6 +36,8 @@ pub enum Command {
     BenchEval(Box<BenchEvalArgs>),
     /// Run every (method x subject) fit and evaluation of a manifest and assemble the table (resumable, shardable).
     BenchTable(Box<BenchTableArgs>),
+    /// Merge the tables of disjoint subjects (metrics.json of eval or bench-table runs) into one table.
+    MergeTables(MergeTablesArgs),
     /// Write the toy world's files: its DreamBench-shaped subjects and a preview of its pre-training data.
     ToyData(ToyDataArgs),
     /// Pre-train the toy world's models (autoencoder, CLIP, DINO, teacher, one-step student) in the real models' layouts (resumable).
@@ -133,6 +135,17 @@ pub struct BenchTableArgs {
     /// Where the evaluations run (the fits take `device=` from the manifest's `fit` list).
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeTablesArgs {
+    /// `metrics.json` files (or folders holding one) of `trainer eval` or `bench-table --collect`,
+    /// each on other subjects, all with the same prompts and seeds.
+    #[arg(required = true, value_name = "METRICS")]
+    pub tables: Vec<PathBuf>,
+    /// The folder to write metrics.md, metrics.csv, metrics.json and metrics.png into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// What `trainer eval` and `trainer bench-eval` share: the dataset, the backbones, the protocol.

@@ -1,4 +1,5 @@
-//! `trainer eval` and `trainer bench-eval`: the DreamBench protocol on a run.
+//! `trainer eval`, `trainer bench-eval`, `trainer bench-table` and `trainer merge-tables`: the
+//! DreamBench protocol on a run, on a manifest's table, and tables merged.
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use trainer::eval::protocol::EvalSettings;
 use trainer::eval::table::summary_markdown;
 
 use super::sample::{load_options, scheduler_kind};
-use crate::cli::{BenchEvalArgs, BenchTableArgs, EvalArgs, EvalProtocolArgs};
+use crate::cli::{BenchEvalArgs, BenchTableArgs, EvalArgs, EvalProtocolArgs, MergeTablesArgs};
 
 fn settings(p: &EvalProtocolArgs, quiet: bool) -> EvalSettings {
     let scheduler = scheduler_kind(p.scheduler.as_deref());
@@ -110,6 +111,17 @@ pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
         }
     }
     let rows = collect(&manifest, &args.out)?;
+    println!("{}", summary_markdown(&rows, &[]).trim_end());
+    println!(
+        "wrote {}: metrics.md, metrics.csv, metrics.json, metrics.png",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `trainer merge-tables`: one table from tables of disjoint subjects.
+pub fn merge_tables(args: &MergeTablesArgs) -> Result<()> {
+    let rows = trainer::eval::merge::merge_files(&args.tables, &args.out)?;
     println!("{}", summary_markdown(&rows, &[]).trim_end());
     println!(
         "wrote {}: metrics.md, metrics.csv, metrics.json, metrics.png",

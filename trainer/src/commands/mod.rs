@@ -36,6 +36,7 @@ pub fn run(command: Command) -> Result<Option<u8>> {
         Command::Eval(args) => done(eval::run(&args)),
         Command::BenchEval(args) => done(eval::bench(&args)),
         Command::BenchTable(args) => done(eval::bench_table(&args)),
+        Command::MergeTables(args) => done(eval::merge_tables(&args)),
         Command::ToyData(args) => done(toy_data::run(&args)),
         Command::PretrainToy(args) => pretrain_toy::run_command(&args),
         Command::ToyPack(args) => done(toy_pack::run(&args)),

@@ -266,6 +266,36 @@ impl Stat {
         };
         Self { mean, se, n }
     }
+
+    /// The statistic of the union of the groups that `parts` describe, exactly as [`Stat::of`]
+    /// would give it on all their values (up to rounding): each part's sum of squared
+    /// deviations is recovered from its standard error, then the between-group spread is
+    /// added. This is how tables of disjoint subjects, scored in separate runs, are merged.
+    pub fn pool(parts: &[Stat]) -> Self {
+        let parts: Vec<&Stat> = parts.iter().filter(|p| p.n > 0).collect();
+        let n: usize = parts.iter().map(|p| p.n).sum();
+        if n == 0 {
+            return Self::of(&[]);
+        }
+        let mean = parts.iter().map(|p| p.mean * p.n as f64).sum::<f64>() / n as f64;
+        if n == 1 {
+            return Self { mean, se: 0.0, n };
+        }
+        let squares: f64 = parts
+            .iter()
+            .map(|p| {
+                // se² = s² / n with s² = within / (n - 1).
+                let within = p.se * p.se * p.n as f64 * p.n.saturating_sub(1) as f64;
+                within + p.n as f64 * (p.mean - mean).powi(2)
+            })
+            .sum();
+        let var = squares / (n - 1) as f64;
+        Self {
+            mean,
+            se: (var / n as f64).sqrt(),
+            n,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +310,23 @@ mod tests {
         assert!((s.se - (5.0f64 / 12.0).sqrt()).abs() < 1e-12);
         assert_eq!(Stat::of(&[0.7]).se, 0.0);
         assert!(Stat::of(&[]).mean.is_nan());
+    }
+
+    /// Pooling the statistics of disjoint groups of unequal sizes gives the statistic of all
+    /// their values.
+    #[test]
+    fn pooled_groups_equal_the_statistic_of_all_values() {
+        let values: Vec<f64> = (0..23)
+            .map(|i| ((i * 37 % 11) as f64 * 0.13).sin())
+            .collect();
+        let groups = [&values[..1], &values[1..9], &values[9..], &values[..0]];
+        let pooled = Stat::pool(&groups.map(Stat::of));
+        let all = Stat::of(&values);
+        assert_eq!(pooled.n, 23);
+        assert!((pooled.mean - all.mean).abs() < 1e-12, "{pooled:?} {all:?}");
+        assert!((pooled.se - all.se).abs() < 1e-12, "{pooled:?} {all:?}");
+        assert_eq!(Stat::pool(&[Stat::of(&[0.4])]), Stat::of(&[0.4]));
+        assert!(Stat::pool(&[]).mean.is_nan());
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! ([`dreambench`]), the metric backbones and the metrics ([`metrics`]), generating and scoring
 //! one run on one subject ([`protocol`]), the tables and the bar chart ([`table`], [`chart`]),
 //! and the browsable image grids ([`gallery`]); the whole table over methods and subjects,
-//! resumable and shardable ([`bench_table`]).
+//! resumable and shardable ([`bench_table`]), and tables of disjoint subjects merged into one
+//! ([`merge`]).
 
 pub mod bench_table;
 pub mod chart;
 pub mod dreambench;
 pub mod gallery;
+pub mod merge;
 pub mod metrics;
 pub mod protocol;
 pub mod table;

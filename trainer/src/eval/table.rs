@@ -286,11 +286,12 @@ pub fn write_tables(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::eval::metrics::ImageScore;
 
-    fn record(label: &str, subject: &str, steps: usize, v: f64) -> ScoreRecord {
+    /// A record whose three scores are `v`, `v + 0.1` and `v + 0.2`.
+    pub(crate) fn record(label: &str, subject: &str, steps: usize, v: f64) -> ScoreRecord {
         ScoreRecord {
             label: label.into(),
             subject: subject.into(),

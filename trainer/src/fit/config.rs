@@ -498,6 +498,10 @@ pub struct FitConfig {
     pub device: String,
     /// f32, f16 or bf16 for the frozen networks (trained weights stay f32).
     pub dtype: String,
+    /// Recompute the VAE decoder's activations in the student's backward pass instead of
+    /// keeping them through the loss towers' pass: less peak memory for one more decoder
+    /// forward per iteration; the same update.
+    pub checkpoint_decoder: bool,
     /// Checkpoint every this many iterations (0: only at the end).
     pub save_every: usize,
     /// The echo stage.
@@ -537,6 +541,7 @@ impl Default for FitConfig {
             seed: 0,
             device: "cpu".into(),
             dtype: "f32".into(),
+            checkpoint_decoder: false,
             save_every: 100,
             echo: Echo::default(),
             ablation: Ablation::default(),

@@ -335,6 +335,39 @@ pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> Option<Tensor> {
 }
 
 /// Timesteps `ts` as the f32 tensor the UNet takes, on `device`.
+/// The second half of the student's backward pass when the VAE decoder is checkpointed:
+/// `total.backward()` has left the loss's gradients on the leaves `x_leaf` (the latents) and
+/// `images` (their decoding); this recomputes the decoding of `x_s` with its graph and sends
+/// both gradients into the student through one backward pass. d/dy Σ(y·g) = g exactly, so the
+/// student's gradients are those of the single graph (bit for bit on the CPU: test
+/// `checkpointed_decoder_gives_the_same_update`), with the towers' and the decoder's
+/// activations never held at the same time.
+fn backward_through_decoder(
+    x_s: &Tensor,
+    x_leaf: &Tensor,
+    images: &Tensor,
+    decode: impl Fn(&Tensor) -> Tensor,
+) {
+    let mut surrogate: Option<Tensor> = None;
+    let mut add = |term: Tensor| {
+        surrogate = Some(match surrogate.take() {
+            Some(s) => s + term,
+            None => term,
+        });
+    };
+    let g_images = images.grad();
+    if g_images.defined() {
+        add((decode(x_s) * g_images).sum(Kind::Float));
+    }
+    let g_latents = x_leaf.grad();
+    if g_latents.defined() {
+        add((x_s * g_latents).sum(Kind::Float));
+    }
+    if let Some(s) = surrogate {
+        s.backward();
+    }
+}
+
 pub(crate) fn timestep_tensor(ts: &[usize], device: Device) -> Tensor {
     upload(
         &Tensor::from_slice(&ts.iter().map(|&t| t as f32).collect::<Vec<_>>()),
@@ -803,11 +836,21 @@ impl Distiller {
         phases.mark("student_forward");
         let target = self.teacher_target(&x_s, batch)?;
         phases.mark("teacher_target");
-        let student_images = self
-            .vae
-            .model
-            .decode(&(&x_s / scaling).to_kind(self.kind))
-            .to_kind(Kind::Float);
+        let (vae, kind) = (&self.vae.model, self.kind);
+        let decode = |x: &Tensor| {
+            vae.decode(&(x / scaling).to_kind(kind))
+                .to_kind(Kind::Float)
+        };
+        // With the decoder checkpointed, the losses see the student's latents and images as
+        // leaves: their backward stops there, the decoder's activations are not kept while the
+        // towers' are, and `backward_through_decoder` recomputes them afterwards.
+        let checkpoint = self.config.checkpoint_decoder;
+        let (x_loss, student_images) = if checkpoint {
+            let images = tch::no_grad(|| decode(&x_s)).set_requires_grad(true);
+            (x_s.detach().set_requires_grad(true), images)
+        } else {
+            (x_s.shallow_clone(), decode(&x_s))
+        };
         let target_images = target.as_ref().map(|(x0, _)| {
             tch::no_grad(|| {
                 self.vae
@@ -820,7 +863,7 @@ impl Distiller {
         let (loss, c_t) = match (&target, &target_images) {
             (Some((x0, c_t)), Some(images)) => (
                 self.losses
-                    .student_loss(&x_s, x0, &student_images, images, *c_t)?,
+                    .student_loss(&x_loss, x0, &student_images, images, *c_t)?,
                 *c_t,
             ),
             // No teacher (ablation): the discriminators alone.
@@ -846,6 +889,9 @@ impl Distiller {
             }
         }
         total.backward();
+        if checkpoint {
+            backward_through_decoder(&x_s, &x_loss, &student_images, decode);
+        }
         phases.mark("student_backward");
         let grad_norm = clip_gradients(&self.kv_student.vs, self.config.max_grad_norm);
         self.opt_student.step();

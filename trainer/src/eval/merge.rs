@@ -1,0 +1,189 @@
+//! `trainer merge-tables`: one table from the tables of disjoint subjects, scored in separate
+//! runs (other machines without shared storage, or other sessions: the toy table grows a few
+//! subjects at a time in `docs/toy-table/`). Each subject's numbers are kept; the overall ones
+//! are pooled so that they equal what aggregating every image at once gives.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use super::metrics::Stat;
+use super::table::{write_tables, Metrics, TableRow};
+
+/// Merges tables of disjoint subjects (separate `trainer eval` or `bench-table` outputs) into
+/// one: rows in order of first appearance, each subject's numbers as they were, the overall
+/// numbers pooled over the subjects ([`Stat::pool`], equal to aggregating all the images at
+/// once). A (method, steps, subject) cell found in two tables is refused, naming both.
+pub fn merge(tables: &[(String, Vec<TableRow>)]) -> Result<Vec<TableRow>> {
+    let mut merged: Vec<TableRow> = Vec::new();
+    // Which input each cell came from, to name both sides of a clash.
+    let mut origin: BTreeMap<(String, usize, String), &str> = BTreeMap::new();
+    for (name, rows) in tables {
+        for row in rows {
+            let at = match merged
+                .iter()
+                .position(|m| m.label == row.label && m.steps == row.steps)
+            {
+                Some(i) => i,
+                None => {
+                    merged.push(TableRow {
+                        label: row.label.clone(),
+                        steps: row.steps,
+                        overall: row.overall,
+                        subjects: BTreeMap::new(),
+                    });
+                    merged.len() - 1
+                }
+            };
+            for (subject, m) in &row.subjects {
+                let key = (row.label.clone(), row.steps, subject.clone());
+                if let Some(first) = origin.insert(key, name) {
+                    bail!(
+                        "{:?} on {subject} is in both {first} and {name}: merge tables of different subjects only",
+                        row.title()
+                    );
+                }
+                merged[at].subjects.insert(subject.clone(), *m);
+            }
+        }
+    }
+    for row in &mut merged {
+        let pool = |f: fn(&Metrics) -> Stat| -> Stat {
+            Stat::pool(&row.subjects.values().map(f).collect::<Vec<_>>())
+        };
+        row.overall = Metrics {
+            clip_t: pool(|m| m.clip_t),
+            clip_i: pool(|m| m.clip_i),
+            dino: pool(|m| m.dino),
+        };
+    }
+    Ok(merged)
+}
+
+/// Reads the rows and the `meta` object of a `metrics.json`.
+pub fn read_table(path: &Path) -> Result<(Vec<TableRow>, serde_json::Value)> {
+    #[derive(Deserialize)]
+    struct File {
+        meta: serde_json::Value,
+        rows: Vec<TableRow>,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: File = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a metrics.json written by trainer eval or bench-table",
+            path.display()
+        )
+    })?;
+    Ok((file.rows, file.meta))
+}
+
+/// A `metrics.json` path, or the one inside a folder.
+fn metrics_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("metrics.json")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Merges the `metrics.json` of `inputs` (files or folders) into `out`'s `metrics.*`. The
+/// inputs must share the protocol (prompts per subject and seeds): pooling images of other
+/// protocols would make a number no protocol gives.
+pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
+    let mut tables = Vec::new();
+    let mut protocol: Option<(String, serde_json::Value, serde_json::Value)> = None;
+    for input in inputs {
+        let path = metrics_file(input);
+        let (rows, meta) = read_table(&path)?;
+        let name = path.display().to_string();
+        let mine = (meta["prompts_per_subject"].clone(), meta["seeds"].clone());
+        match &protocol {
+            None => protocol = Some((name.clone(), mine.0, mine.1)),
+            Some((first, prompts, seeds)) => {
+                if (prompts, seeds) != (&mine.0, &mine.1) {
+                    bail!(
+                        "{name} has {} prompts per subject and seeds {}, {first} has {prompts} and {seeds}: merge tables of the same protocol only",
+                        mine.0, mine.1
+                    );
+                }
+            }
+        }
+        tables.push((name, rows));
+    }
+    let Some((_, prompts, seeds)) = protocol else {
+        bail!("no tables to merge: name at least one metrics.json");
+    };
+    let rows = merge(&tables)?;
+    let subjects: std::collections::BTreeSet<&String> =
+        rows.iter().flat_map(|r| r.subjects.keys()).collect();
+    let note = format!(
+        "{} subjects, merged from {} tables; {prompts} prompts per subject, seeds {seeds}.",
+        subjects.len(),
+        tables.len()
+    );
+    let meta = serde_json::json!({
+        "merged_from": tables.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "subjects": subjects,
+        "prompts_per_subject": prompts,
+        "seeds": seeds,
+    });
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    write_tables(&rows, out, meta, &[note], "DreamBench table")?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::protocol::ScoreRecord;
+    use crate::eval::table::aggregate;
+    use crate::eval::table::tests::record;
+
+    /// Merging the tables of each subject gives the table of all records at once; a subject in
+    /// two tables is refused.
+    #[test]
+    fn merged_subject_tables_equal_the_table_of_all_records() {
+        let mut recs = Vec::new();
+        for (k, subject) in ["dog", "cat", "can"].iter().enumerate() {
+            for i in 0..(3 + 2 * k) {
+                let v = (i as f64 * 0.7 + k as f64).sin();
+                recs.push(record("A", subject, 1, v));
+                if *subject != "cat" {
+                    recs.push(record("B", subject, 4, v * v));
+                }
+            }
+        }
+        let all = aggregate(&recs);
+        let per_subject: Vec<(String, Vec<TableRow>)> = ["cat", "dog", "can"]
+            .iter()
+            .map(|s| {
+                let mine: Vec<ScoreRecord> =
+                    recs.iter().filter(|r| r.subject == *s).cloned().collect();
+                (s.to_string(), aggregate(&mine))
+            })
+            .collect();
+        let merged = merge(&per_subject).unwrap();
+        assert_eq!(merged.len(), all.len());
+        for (m, a) in merged.iter().zip(&all) {
+            assert_eq!((m.label.as_str(), m.steps), (a.label.as_str(), a.steps));
+            assert_eq!(m.subjects, a.subjects);
+            for (x, y) in [
+                (m.overall.clip_t, a.overall.clip_t),
+                (m.overall.clip_i, a.overall.clip_i),
+                (m.overall.dino, a.overall.dino),
+            ] {
+                assert_eq!(x.n, y.n);
+                assert!((x.mean - y.mean).abs() < 1e-12 && (x.se - y.se).abs() < 1e-12);
+            }
+        }
+        let clash = merge(&[
+            per_subject[1].clone(),
+            ("again".into(), per_subject[1].1.clone()),
+        ]);
+        let e = clash.unwrap_err().to_string();
+        assert!(e.contains("dog") && e.contains("again"), "{e}");
+    }
+}
