@@ -179,6 +179,10 @@ fn metrics_are_the_cosines_of_the_towers_embeddings() {
         assert!((s.clip_t - clip_t).abs() < 1e-5, "{} vs {clip_t}", s.clip_t);
         assert!((s.clip_i - clip_i).abs() < 1e-5, "{} vs {clip_i}", s.clip_i);
         assert!((s.dino - dino).abs() < 1e-5, "{} vs {dino}", s.dino);
+        // CLIP-self: two images, so the cosine with the other one.
+        let other = cosine(&gc[i], &gc[1 - i]);
+        let clip_self = s.clip_self.unwrap();
+        assert!((clip_self - other).abs() < 1e-5, "{clip_self} vs {other}");
     }
     // An image scored against itself as the only reference has CLIP-I and DINO 1.
     let own = towers.references(&gen[..1]).unwrap();
@@ -484,7 +488,7 @@ fn merge_tables_rebuild_the_table_from_its_cells(whole: &Path) {
             .find(|g| g["label"] == e["label"] && g["steps"] == e["steps"])
             .unwrap_or_else(|| panic!("no merged row for {}", e["label"]));
         assert_eq!(g["subjects"], e["subjects"], "{}", e["label"]);
-        for metric in ["clip_t", "clip_i", "dino"] {
+        for metric in ["clip_t", "clip_i", "dino", "clip_self"] {
             let (x, y) = (&g["overall"][metric], &e["overall"][metric]);
             assert_eq!(x["n"], y["n"]);
             for k in ["mean", "se"] {

@@ -53,10 +53,12 @@ pub fn merge(tables: &[(String, Vec<TableRow>)]) -> Result<Vec<TableRow>> {
         let pool = |f: fn(&Metrics) -> Stat| -> Stat {
             Stat::pool(&row.subjects.values().map(f).collect::<Vec<_>>())
         };
+        let clip_self: Option<Vec<Stat>> = row.subjects.values().map(|m| m.clip_self).collect();
         row.overall = Metrics {
             clip_t: pool(|m| m.clip_t),
             clip_i: pool(|m| m.clip_i),
             dino: pool(|m| m.dino),
+            clip_self: clip_self.map(|s| Stat::pool(&s)),
         };
     }
     Ok(merged)
@@ -174,6 +176,7 @@ mod tests {
                 (m.overall.clip_t, a.overall.clip_t),
                 (m.overall.clip_i, a.overall.clip_i),
                 (m.overall.dino, a.overall.dino),
+                (m.overall.clip_self.unwrap(), a.overall.clip_self.unwrap()),
             ] {
                 assert_eq!(x.n, y.n);
                 assert!((x.mean - y.mean).abs() < 1e-12 && (x.se - y.se).abs() < 1e-12);

@@ -212,10 +212,17 @@ pub struct ImageScore {
     pub clip_i: f64,
     /// Mean cosine with the references' DINO features.
     pub dino: f64,
+    /// CLIP-self, a diagnostic outside the paper's protocol: the mean cosine of the image's
+    /// CLIP embedding with those of the other images scored with it (one subject, one step
+    /// count: every prompt and seed). Near 1 when a model gives the same picture whatever the
+    /// prompt (a collapsed student), which CLIP-I and DINO can still reward. Absent for a lone
+    /// image and in scores written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_self: Option<f64>,
 }
 
 /// The scores of images from their unit embeddings: `clip`, `dino` (n, d) and their prompts'
-/// `text` (n, d) against the references.
+/// `text` (n, d) against the references; CLIP-self among the `n` images.
 pub fn scores(clip: &Tensor, dino: &Tensor, text: &Tensor, refs: &References) -> Vec<ImageScore> {
     let clip_t = (clip * text).sum_dim_intlist([-1].as_slice(), false, Kind::Float);
     let clip_i = clip
@@ -224,13 +231,20 @@ pub fn scores(clip: &Tensor, dino: &Tensor, text: &Tensor, refs: &References) ->
     let dino_i = dino
         .matmul(&refs.dino.tr())
         .mean_dim([-1].as_slice(), false, Kind::Float);
+    // Row sums of the Gram matrix less its diagonal, over the n - 1 others.
+    let n = clip.size()[0];
+    let gram = clip.matmul(&clip.tr());
+    let others = (gram.sum_dim_intlist([-1].as_slice(), false, Kind::Float)
+        - gram.diagonal(0, 0, 1))
+        / (n - 1).max(1) as f64;
     let v = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap_or_default();
-    let (t, i, d) = (v(&clip_t), v(&clip_i), v(&dino_i));
+    let (t, i, d, o) = (v(&clip_t), v(&clip_i), v(&dino_i), v(&others));
     (0..t.len())
         .map(|k| ImageScore {
             clip_t: t[k],
             clip_i: i[k],
             dino: d[k],
+            clip_self: (n > 1).then_some(o[k]),
         })
         .collect()
 }
@@ -355,5 +369,32 @@ mod tests {
         assert!((s[0].clip_t - h).abs() < 1e-6 && (s[1].clip_t - 1.0).abs() < 1e-6);
         assert!((s[0].clip_i - 0.5).abs() < 1e-6 && (s[1].clip_i - 0.5).abs() < 1e-6);
         assert!((s[0].dino - 0.6).abs() < 1e-6 && (s[1].dino - 0.8).abs() < 1e-6);
+        // The two images' CLIP embeddings are orthogonal: CLIP-self 0 for both.
+        assert!(s.iter().all(|x| x.clip_self.unwrap().abs() < 1e-6), "{s:?}");
+    }
+
+    /// CLIP-self is the mean cosine with the other images: 1 for identical images, and alone
+    /// an image has none.
+    #[test]
+    fn clip_self_is_the_mean_cosine_with_the_other_images() {
+        let unit = |v: &[f32], r: i64| normalized(&Tensor::from_slice(v).view([r, -1]));
+        let refs = References {
+            clip: unit(&[1.0, 0.0], 1),
+            dino: unit(&[1.0, 0.0], 1),
+        };
+        // Images a = b = (1, 0) and c = (0.6, 0.8): a's others are b (1) and c (0.6).
+        let clip = unit(&[1.0, 0.0, 1.0, 0.0, 0.6, 0.8], 3);
+        let s = scores(&clip, &clip, &clip, &refs);
+        let got: Vec<f64> = s.iter().map(|x| x.clip_self.unwrap()).collect();
+        for (g, e) in got.iter().zip([0.8, 0.8, 0.6]) {
+            assert!((g - e).abs() < 1e-6, "{got:?}");
+        }
+        let one = scores(
+            &clip.narrow(0, 0, 1),
+            &clip.narrow(0, 0, 1),
+            &clip.narrow(0, 0, 1),
+            &refs,
+        );
+        assert_eq!(one[0].clip_self, None);
     }
 }

@@ -29,16 +29,22 @@ pub struct Metrics {
     pub clip_i: Stat,
     /// DINO.
     pub dino: Stat,
+    /// CLIP-self (a diagnostic: [`super::metrics::ImageScore::clip_self`]), when every image
+    /// has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_self: Option<Stat>,
 }
 
 impl Metrics {
     fn of(records: &[&ScoreRecord]) -> Self {
         let get =
             |f: fn(&ScoreRecord) -> f64| -> Vec<f64> { records.iter().map(|r| f(r)).collect() };
+        let clip_self: Option<Vec<f64>> = records.iter().map(|r| r.score.clip_self).collect();
         Self {
             clip_t: Stat::of(&get(|r| r.score.clip_t)),
             clip_i: Stat::of(&get(|r| r.score.clip_i)),
             dino: Stat::of(&get(|r| r.score.dino)),
+            clip_self: clip_self.map(|v| Stat::of(&v)),
         }
     }
 }
@@ -104,6 +110,11 @@ fn cell(s: &Stat) -> String {
     format!("{:.3} ± {:.3}", s.mean, s.se)
 }
 
+/// A CLIP-self cell, "—" where the scores have none.
+fn self_cell(s: &Option<Stat>) -> String {
+    s.as_ref().map_or("—".into(), cell)
+}
+
 /// A CSV field, quoted when it must be.
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
@@ -116,12 +127,15 @@ fn csv_field(s: &str) -> String {
 /// `metrics.csv`: one line per (label, steps, subject), subject `all` for the overall line.
 pub fn to_csv(rows: &[TableRow]) -> String {
     let mut out =
-        String::from("label,steps,subject,images,clip_t,clip_t_se,clip_i,clip_i_se,dino,dino_se\n");
+        String::from("label,steps,subject,images,clip_t,clip_t_se,clip_i,clip_i_se,dino,dino_se,clip_self,clip_self_se\n");
     for r in rows {
         let mut line = |subject: &str, m: &Metrics| {
+            let clip_self = m
+                .clip_self
+                .map_or(",".into(), |s| format!("{:.6},{:.6}", s.mean, s.se));
             let _ = writeln!(
                 out,
-                "{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6}",
+                "{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{clip_self}",
                 csv_field(&r.label),
                 r.steps,
                 csv_field(subject),
@@ -144,21 +158,27 @@ pub fn to_csv(rows: &[TableRow]) -> String {
 
 /// The Table 1 shape (method, steps, CLIP-T, CLIP-I, DINO) with `notes` under it.
 pub fn summary_markdown(rows: &[TableRow], notes: &[String]) -> String {
-    let mut out = String::from("| Method | Steps | CLIP-T ↑ | CLIP-I ↑ | DINO ↑ | Images |\n");
-    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    let mut out =
+        String::from("| Method | Steps | CLIP-T ↑ | CLIP-I ↑ | DINO ↑ | Images | CLIP-self |\n");
+    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.label,
             r.steps,
             cell(&r.overall.clip_t),
             cell(&r.overall.clip_i),
             cell(&r.overall.dino),
-            r.overall.clip_t.n
+            r.overall.clip_t.n,
+            self_cell(&r.overall.clip_self)
         );
     }
-    out.push_str("\nMean ± standard error over the generated images.\n");
+    out.push_str(
+        "\nMean ± standard error over the generated images. CLIP-self, a diagnostic outside the \
+         paper's protocol: the mean CLIP cosine between the images of one subject (1 = the same \
+         picture for every prompt and seed).\n",
+    );
     for n in notes {
         let _ = writeln!(out, "{n}");
     }
@@ -169,9 +189,9 @@ pub fn summary_markdown(rows: &[TableRow], notes: &[String]) -> String {
 pub fn to_markdown(rows: &[TableRow], notes: &[String]) -> String {
     let mut out = summary_markdown(rows, notes);
     out.push_str(
-        "\n### Per subject\n\n| Subject | Method | Steps | CLIP-T | CLIP-I | DINO | Images |\n",
+        "\n### Per subject\n\n| Subject | Method | Steps | CLIP-T | CLIP-I | DINO | Images | CLIP-self |\n",
     );
-    out.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let subjects: std::collections::BTreeSet<&String> =
         rows.iter().flat_map(|r| r.subjects.keys()).collect();
     for s in subjects {
@@ -179,13 +199,14 @@ pub fn to_markdown(rows: &[TableRow], notes: &[String]) -> String {
             if let Some(m) = r.subjects.get(s) {
                 let _ = writeln!(
                     out,
-                    "| {s} | {} | {} | {} | {} | {} | {} |",
+                    "| {s} | {} | {} | {} | {} | {} | {} | {} |",
                     r.label,
                     r.steps,
                     cell(&m.clip_t),
                     cell(&m.clip_i),
                     cell(&m.dino),
-                    m.clip_t.n
+                    m.clip_t.n,
+                    self_cell(&m.clip_self)
                 );
             }
         }
@@ -304,6 +325,7 @@ pub(crate) mod tests {
                 clip_t: v,
                 clip_i: v + 0.1,
                 dino: v + 0.2,
+                clip_self: Some(v + 0.3),
             },
             image: "i.png".into(),
         }
