@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::metrics::Stat;
 use super::table::{write_tables, Metrics, TableRow};
 
 /// Merges tables of disjoint subjects (separate `trainer eval` or `bench-table` outputs) into
 /// one: rows in order of first appearance, each subject's numbers as they were, the overall
-/// numbers pooled over the subjects ([`Stat::pool`], equal to aggregating all the images at
+/// numbers pooled over the subjects ([`Metrics::pool`], equal to aggregating all the images at
 /// once). A (method, steps, subject) cell found in two tables is refused, naming both.
 pub fn merge(tables: &[(String, Vec<TableRow>)]) -> Result<Vec<TableRow>> {
     let mut merged: Vec<TableRow> = Vec::new();
@@ -31,7 +30,7 @@ pub fn merge(tables: &[(String, Vec<TableRow>)]) -> Result<Vec<TableRow>> {
                     merged.push(TableRow {
                         label: row.label.clone(),
                         steps: row.steps,
-                        overall: row.overall,
+                        overall: row.overall, // pooled over the subjects below
                         subjects: BTreeMap::new(),
                     });
                     merged.len() - 1
@@ -50,16 +49,7 @@ pub fn merge(tables: &[(String, Vec<TableRow>)]) -> Result<Vec<TableRow>> {
         }
     }
     for row in &mut merged {
-        let pool = |f: fn(&Metrics) -> Stat| -> Stat {
-            Stat::pool(&row.subjects.values().map(f).collect::<Vec<_>>())
-        };
-        let clip_self: Option<Vec<Stat>> = row.subjects.values().map(|m| m.clip_self).collect();
-        row.overall = Metrics {
-            clip_t: pool(|m| m.clip_t),
-            clip_i: pool(|m| m.clip_i),
-            dino: pool(|m| m.dino),
-            clip_self: clip_self.map(|s| Stat::pool(&s)),
-        };
+        row.overall = Metrics::pool(row.subjects.values());
     }
     Ok(merged)
 }

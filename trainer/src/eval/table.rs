@@ -47,6 +47,19 @@ impl Metrics {
             clip_self: clip_self.map(|v| Stat::of(&v)),
         }
     }
+
+    /// The metrics of the union of disjoint groups of images ([`Stat::pool`] of each), e.g.
+    /// every subject of a row; CLIP-self only when every group has it.
+    pub fn pool<'a>(groups: impl Iterator<Item = &'a Metrics> + Clone) -> Self {
+        let pool = |f: fn(&Metrics) -> Stat| Stat::pool(&groups.clone().map(f).collect::<Vec<_>>());
+        let clip_self: Option<Vec<Stat>> = groups.clone().map(|m| m.clip_self).collect();
+        Self {
+            clip_t: pool(|m| m.clip_t),
+            clip_i: pool(|m| m.clip_i),
+            dino: pool(|m| m.dino),
+            clip_self: clip_self.map(|s| Stat::pool(&s)),
+        }
+    }
 }
 
 /// One row of the table: a method at one step count.

@@ -334,7 +334,6 @@ pub(crate) fn clip_gradients(vs: &nn::VarStore, max: f64) -> Option<Tensor> {
     })
 }
 
-/// Timesteps `ts` as the f32 tensor the UNet takes, on `device`.
 /// The second half of the student's backward pass when the VAE decoder is checkpointed:
 /// `total.backward()` has left the loss's gradients on the leaves `x_leaf` (the latents) and
 /// `images` (their decoding); this recomputes the decoding of `x_s` with its graph and sends
@@ -348,26 +347,22 @@ fn backward_through_decoder(
     images: &Tensor,
     decode: impl Fn(&Tensor) -> Tensor,
 ) {
-    let mut surrogate: Option<Tensor> = None;
-    let mut add = |term: Tensor| {
-        surrogate = Some(match surrogate.take() {
-            Some(s) => s + term,
-            None => term,
-        });
-    };
-    let g_images = images.grad();
-    if g_images.defined() {
-        add((decode(x_s) * g_images).sum(Kind::Float));
-    }
-    let g_latents = x_leaf.grad();
-    if g_latents.defined() {
-        add((x_s * g_latents).sum(Kind::Float));
-    }
-    if let Some(s) = surrogate {
-        s.backward();
+    // A leaf no loss term reached has no gradient (the latents, without a teacher).
+    let (g_images, g_latents) = (images.grad(), x_leaf.grad());
+    let terms = [
+        g_images
+            .defined()
+            .then(|| (decode(x_s) * g_images).sum(Kind::Float)),
+        g_latents
+            .defined()
+            .then(|| (x_s * g_latents).sum(Kind::Float)),
+    ];
+    if let Some(surrogate) = terms.into_iter().flatten().reduce(|a, b| a + b) {
+        surrogate.backward();
     }
 }
 
+/// Timesteps `ts` as the f32 tensor the UNet takes, on `device`.
 pub(crate) fn timestep_tensor(ts: &[usize], device: Device) -> Tensor {
     upload(
         &Tensor::from_slice(&ts.iter().map(|&t| t as f32).collect::<Vec<_>>()),
@@ -851,14 +846,7 @@ impl Distiller {
         } else {
             (x_s.shallow_clone(), decode(&x_s))
         };
-        let target_images = target.as_ref().map(|(x0, _)| {
-            tch::no_grad(|| {
-                self.vae
-                    .model
-                    .decode(&(x0 / scaling).to_kind(self.kind))
-                    .to_kind(Kind::Float)
-            })
-        });
+        let target_images = target.as_ref().map(|(x0, _)| tch::no_grad(|| decode(x0)));
         phases.mark("decode");
         let (loss, c_t) = match (&target, &target_images) {
             (Some((x0, c_t)), Some(images)) => (
