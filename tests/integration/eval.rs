@@ -413,6 +413,45 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
     assert_eq!(again.matches("evaluated already").count(), 10, "{again}");
     assert_eq!(fs::read_to_string(whole.join("metrics.csv")).unwrap(), csv);
 
+    // A changed setting: Textual Inversion's cells were trained at another learning rate, so
+    // both running and collecting refuse them, naming the cells and the key; a setting that
+    // does not change what is trained (save_every) is no reason to refit.
+    let mut changed = manifest.clone();
+    changed["fit"]
+        .as_array_mut()
+        .unwrap()
+        .push("save_every=7".into());
+    changed["methods"][3]["set"] =
+        serde_json::json!(["method=textual-inversion", "baseline.lr=0.001"]);
+    let changed_path = dir.path().join("changed.yaml");
+    fs::write(&changed_path, serde_yaml_string(&changed)).unwrap();
+    for extra in [&[][..], &["--collect"][..]] {
+        let mut args = vec![
+            "bench-table",
+            "--manifest",
+            changed_path.to_str().unwrap(),
+            "--out",
+            whole.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend(extra);
+        let o = tests::run_binary("trainer", &args);
+        crate::fit::assert_refused(&o, "2 cell(s) were trained with other settings");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("textual-inversion/dog"), "{err}");
+        assert!(err.contains("textual-inversion/can"), "{err}");
+        assert!(err.contains("baseline.lr: 0.0005 -> 0.001"), "{err}");
+        assert!(!err.contains("save_every"), "{err}");
+    }
+    let mut only_operational = manifest.clone();
+    only_operational["fit"]
+        .as_array_mut()
+        .unwrap()
+        .push("save_every=7".into());
+    fs::write(&changed_path, serde_yaml_string(&only_operational)).unwrap();
+    let reused = bench_table_cli(&changed_path, &whole, &[]);
+    assert_eq!(reused.matches("trained already").count(), 8, "{reused}");
+
     // Two shards, then collect: the same table.
     let sharded = dir.path().join("sharded");
     let early = tests::run_binary(

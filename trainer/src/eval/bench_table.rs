@@ -5,6 +5,8 @@
 //! evaluations are skipped, interrupted fits resume from their checkpoint. `--shard i/n` runs
 //! only units `k` with `k mod n = i`, so a Slurm job array or a Kubernetes indexed Job spreads
 //! the table over machines; `--collect` then merges every cell's scores into the table.
+//! A cell whose run was trained with other settings than the manifest now gives (a changed
+//! learning rate, say) is refused by both, naming the settings, rather than silently reused.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -349,6 +351,94 @@ pub fn eval_dir(out: &Path, m: &Manifest, unit: &Unit, method: usize) -> PathBuf
     unit_dir(out, m, unit).join(format!("eval-{}", slug(&m.methods[method].label)))
 }
 
+/// Settings that change how a fit runs but not what it trains: a cell trained with other
+/// values of these is still the manifest's cell.
+const OPERATIONAL_KEYS: [&str; 3] = ["device", "save_every", "checkpoint_decoder"];
+
+/// The dotted keys (and both values) where two resolved fit settings differ.
+fn differing_keys(
+    prefix: &str,
+    was: &serde_yaml::Value,
+    now: &serde_yaml::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_yaml::Value;
+    match (was, now) {
+        (Value::Mapping(a), Value::Mapping(b)) => {
+            let keys: BTreeSet<String> = a
+                .keys()
+                .chain(b.keys())
+                .map(|k| k.as_str().map_or_else(|| format!("{k:?}"), str::to_string))
+                .collect();
+            for k in keys {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if OPERATIONAL_KEYS.contains(&key.as_str()) {
+                    continue;
+                }
+                let null = Value::Null;
+                differing_keys(
+                    &key,
+                    a.get(k.as_str()).unwrap_or(&null),
+                    b.get(k.as_str()).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => {
+            let show = |v: &Value| serde_json::to_string(v).unwrap_or_default();
+            out.push(format!("{prefix}: {} -> {}", show(a), show(b)));
+        }
+        _ => {}
+    }
+}
+
+/// Refuses when any of `units` has a run trained (or begun) with settings other than the
+/// manifest's: its fit and evaluations would otherwise be reused as if they were the new
+/// settings'. Names every such cell and key, and what to remove to refit them.
+fn refuse_stale_cells(
+    manifest: &Manifest,
+    bench: &DreamBench,
+    out: &Path,
+    units: &[&Unit],
+) -> Result<()> {
+    let mut stale = Vec::new();
+    for unit in units {
+        let dir = unit_dir(out, manifest, unit);
+        let run_dir = dir.join("run");
+        if !run_dir.join("config.yaml").is_file() {
+            continue;
+        }
+        let settings = |c: FitConfig| -> Result<serde_yaml::Value> {
+            let baseline = c.method.is_baseline();
+            let mut v = serde_yaml::to_value(c)?;
+            // EchoDistill reads none of the baselines' settings (whose defaults it resolves all
+            // the same): a change there is no reason to refit it.
+            if let (false, Some(m)) = (baseline, v.as_mapping_mut()) {
+                m.remove("baseline");
+            }
+            Ok(v)
+        };
+        let was = settings(crate::fit::run_dir::run_config(&run_dir)?)?;
+        let now = settings(manifest.fit_config(bench, unit)?)?;
+        let mut keys = Vec::new();
+        differing_keys("", &was, &now, &mut keys);
+        if !keys.is_empty() {
+            stale.push(format!("{} ({})", dir.display(), keys.join("; ")));
+        }
+    }
+    ensure!(
+        stale.is_empty(),
+        "{} cell(s) were trained with other settings than the manifest now gives: {}. Remove those folders to train and evaluate them again with the new settings (or restore the old manifest)",
+        stale.len(),
+        stale.join(", ")
+    );
+    Ok(())
+}
+
 /// Runs the units of `shard` (all without one): fits and evaluations not finished yet.
 /// `log` receives one line per step.
 pub fn run_units(
@@ -366,6 +456,7 @@ pub fn run_units(
         .iter()
         .filter(|u| shard.is_none_or(|s| u.index % s.count == s.index))
         .collect();
+    refuse_stale_cells(manifest, &bench, out, &mine)?;
     for (k, unit) in mine.iter().enumerate() {
         let dir = unit_dir(out, manifest, unit);
         let run_dir = dir.join("run");
@@ -419,6 +510,7 @@ pub fn collect(manifest: &Manifest, out: &Path) -> Result<Vec<super::table::Tabl
     let bench = DreamBench::open(&manifest.dataset)?;
     let subjects = manifest.subjects(&bench)?;
     let units = manifest.plan(&subjects);
+    refuse_stale_cells(manifest, &bench, out, &units.iter().collect::<Vec<_>>())?;
     let mut records: Vec<ScoreRecord> = Vec::new();
     let mut missing = Vec::new();
     // Rows in manifest order, whatever order the units ran in.
@@ -509,6 +601,29 @@ mod tests {
         let mut m = manifest();
         m.methods[2].label = "EchoDistill".into();
         assert!(m.check().unwrap_err().to_string().contains("twice"));
+    }
+
+    /// Nested keys are named by their dotted path with both values; operational keys are not
+    /// differences.
+    #[test]
+    fn differing_keys_name_the_changed_settings() {
+        let was: serde_yaml::Value =
+            serde_yaml::from_str("a: 1\nsave_every: 5\nb: {c: x, d: [1, 2]}\n").unwrap();
+        let now: serde_yaml::Value =
+            serde_yaml::from_str("a: 1\nsave_every: 9\nb: {c: y, d: [1, 3], e: true}\n").unwrap();
+        let mut keys = Vec::new();
+        differing_keys("", &was, &now, &mut keys);
+        assert_eq!(
+            keys,
+            [
+                r#"b.c: "x" -> "y""#,
+                "b.d: [1,2] -> [1,3]",
+                "b.e: null -> true"
+            ]
+        );
+        keys.clear();
+        differing_keys("", &was, &was, &mut keys);
+        assert!(keys.is_empty());
     }
 
     /// Model paths in overrides are read from the manifest's folder when they exist there;

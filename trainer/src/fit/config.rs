@@ -289,6 +289,19 @@ impl std::str::FromStr for MethodKind {
     }
 }
 
+/// What the discriminators are shown as real images.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscriminatorReal {
+    /// The augmented photos themselves (the paper).
+    #[default]
+    Photos,
+    /// The photos through the VAE (posterior sample decoded, unclamped like the student's
+    /// images): with a VAE that visibly blurs, photos and decoded samples differ in that alone,
+    /// and heads that learn it push the student away from what any decoder can draw.
+    Reconstructions,
+}
+
 /// Which of the configured models a baseline fine-tunes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -478,6 +491,9 @@ pub struct FitConfig {
     pub scale_student_lr_by_batch: bool,
     /// Discriminator heads.
     pub lr_discriminator: f64,
+    /// What the discriminators see as real: `photos` (the paper) or `reconstructions` (the
+    /// photos through the VAE, one more encode and decode per iteration).
+    pub discriminator_real: DiscriminatorReal,
     /// AdamW settings.
     pub adam: Adam,
     /// Gradient-norm clip.
@@ -531,6 +547,7 @@ impl Default for FitConfig {
             lr_student: 1e-5,
             scale_student_lr_by_batch: true,
             lr_discriminator: 1e-4,
+            discriminator_real: DiscriminatorReal::Photos,
             adam: Adam::default(),
             max_grad_norm: 1.0,
             losses: Losses::default(),

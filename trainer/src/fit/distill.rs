@@ -16,7 +16,7 @@ use serde_json::json;
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use super::config::{FitConfig, Stage};
+use super::config::{DiscriminatorReal, FitConfig, Stage};
 use super::data::{draw_photos, echo_prompt, load_concept_photos, prompt, Photo};
 use super::optim::AdamW;
 use super::readout::read_scalars;
@@ -103,7 +103,8 @@ pub struct Batch {
     pub images: Tensor,
     /// Their prompts.
     pub prompts: Vec<String>,
-    posterior_noise: Tensor,
+    /// The noise that samples the VAE posterior of `images`.
+    pub posterior_noise: Tensor,
     ts: Vec<usize>,
     eps: Tensor,
     z: Tensor,
@@ -672,6 +673,21 @@ impl Distiller {
         }
     }
 
+    /// The images the discriminators see as real on `batch` (`discriminator_real`): its photos,
+    /// or their VAE reconstructions (the posterior sampled with the batch's noise, decoded
+    /// without clamping as the student's images are).
+    pub fn discriminator_reals(&self, batch: &Batch) -> Tensor {
+        match self.config.discriminator_real {
+            DiscriminatorReal::Photos => batch.images.shallow_clone(),
+            DiscriminatorReal::Reconstructions => {
+                let vae = &self.vae.model;
+                let x0 = encode_latents(vae, &batch.images, &batch.posterior_noise, self.kind);
+                let scaling = vae.config().scaling_factor;
+                tch::no_grad(|| vae.decode(&(x0 / scaling).to_kind(self.kind))).to_kind(Kind::Float)
+            }
+        }
+    }
+
     /// One iteration of the current stage on the next batch.
     pub fn step(&mut self) -> Result<StepLog> {
         let batch = self.draw_batch();
@@ -898,10 +914,14 @@ impl Distiller {
         phases.mark("student_optimizer");
 
         let mut discriminator_loss = None;
-        if let Some(opt) = self.opt_heads.as_mut() {
+        let reals = self
+            .opt_heads
+            .is_some()
+            .then(|| self.discriminator_reals(batch));
+        if let (Some(opt), Some(reals)) = (self.opt_heads.as_mut(), reals) {
             // The student's pass already ran the frozen backbones on its images.
             let ensemble = &self.losses.ensemble;
-            let real_features = ensemble.features(&batch.images, None)?;
+            let real_features = ensemble.features(&reals, None)?;
             let d = ensemble.discriminator_loss_of(&real_features, &fake_features)?;
             opt.zero_grad();
             d.backward();
