@@ -125,6 +125,29 @@ fn tiny_towers_run_the_whole_loss_stack() {
         let v = v.double_value(&[]);
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
+    // total = c(t')·(λ_id·L_id + λ_mse·L_mse + λ_swd·L_swd) + λ_adv·Σ L_adv, the terms logged
+    // unweighted; λ_adv scales the adversarial part alone.
+    let total_of = |l: &trainer::losses::stack::StudentLoss, adversarial_weight: f64| {
+        let v = |t: &tch::Tensor| t.double_value(&[]);
+        0.3 * (v(&l.identity) + v(&l.mse) + 0.1 * v(&l.swd))
+            + adversarial_weight * v(&l.adversarial)
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+    assert!(close(loss.total.double_value(&[]), total_of(&loss, 1.0)));
+    stack.adversarial_weight = 0.25;
+    let weighted = tch::no_grad(|| {
+        stack.student_loss(&latents, &(latents.detach() * 0.5), &images, &target, 0.3)
+    })
+    .unwrap();
+    assert!(close(
+        weighted.total.double_value(&[]),
+        total_of(&weighted, 0.25)
+    ));
+    assert!(!close(
+        weighted.total.double_value(&[]),
+        total_of(&weighted, 1.0)
+    ));
+    stack.adversarial_weight = 1.0;
     loss.total.backward();
     let grad = images.grad();
     assert!(

@@ -3,6 +3,7 @@
 mod bake;
 mod baselines;
 mod cli_errors;
+mod discriminate;
 mod eval;
 mod fit;
 mod fit_ablations;

@@ -43,7 +43,7 @@ fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 fn committed_toy_dreambench_is_what_toy_data_writes() {
     let dir = tempfile::tempdir().unwrap();
     let world = ToyWorld::new(ToyWorldConfig::default()).unwrap();
-    let data = write_toy_data(&world, &dir.path().join("toy"), 1).unwrap();
+    let data = write_toy_data(&world, &dir.path().join("toy"), 1, 0).unwrap();
     let (fresh, committed) = (files(&data.dreambench), files(&toy().join("dreambench")));
     assert_eq!(
         fresh.keys().collect::<Vec<_>>(),

@@ -36,6 +36,8 @@ pub enum Command {
     BenchEval(Box<BenchEvalArgs>),
     /// Run every (method x subject) fit and evaluation of a manifest and assemble the table (resumable, shardable).
     BenchTable(Box<BenchTableArgs>),
+    /// Score images with a trained EchoDistill run's discriminator heads: P(real) per head and folder.
+    Discriminate(DiscriminateArgs),
     /// Merge the tables of disjoint subjects (metrics.json of eval or bench-table runs) into one table.
     MergeTables(MergeTablesArgs),
     /// Write the toy world's files: its DreamBench-shaped subjects and a preview of its pre-training data.
@@ -66,6 +68,10 @@ pub struct ToyDataArgs {
     /// Pre-training items shown in the preview.
     #[arg(long, default_value_t = 64)]
     pub samples: usize,
+    /// Also render each subject in this many scenes of its own into novel-scenes/<subject>/
+    /// (drawn as its references are, never trained on: e.g. for `trainer discriminate`).
+    #[arg(long, default_value_t = 0)]
+    pub novel_scenes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +141,24 @@ pub struct BenchTableArgs {
     /// Where the evaluations run (the fits take `device=` from the manifest's `fit` list).
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscriminateArgs {
+    /// A finished (or checkpointed) EchoDistill `trainer fit` run folder: its last checkpoint's
+    /// heads score.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Image folders (jpg, png, webp), each image centre-cropped and resized to the run's
+    /// resolution.
+    #[arg(required = true, value_name = "IMAGES")]
+    pub images: Vec<PathBuf>,
+    /// Also write one row per image (folder, file, P(real) per head) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Where the run's networks load (default: the run's own `device`).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Args)]

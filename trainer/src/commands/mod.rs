@@ -4,6 +4,7 @@ mod bench;
 mod bench_losses;
 mod bench_sample;
 mod bench_tokenize;
+mod discriminate;
 mod env;
 mod eval;
 mod fit;
@@ -37,6 +38,7 @@ pub fn run(command: Command) -> Result<Option<u8>> {
         Command::BenchEval(args) => done(eval::bench(&args)),
         Command::BenchTable(args) => done(eval::bench_table(&args)),
         Command::MergeTables(args) => done(eval::merge_tables(&args)),
+        Command::Discriminate(args) => done(discriminate::run(&args)),
         Command::ToyData(args) => done(toy_data::run(&args)),
         Command::PretrainToy(args) => pretrain_toy::run_command(&args),
         Command::ToyPack(args) => done(toy_pack::run(&args)),

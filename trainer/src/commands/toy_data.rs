@@ -13,7 +13,7 @@ pub fn run(args: &ToyDataArgs) -> Result<()> {
         subjects_per_class: args.subjects_per_class,
         ..ToyWorldConfig::default()
     })?;
-    let data = write_toy_data(&world, &args.out, args.samples)?;
+    let data = write_toy_data(&world, &args.out, args.samples, args.novel_scenes)?;
     println!(
         "wrote {}: {} subjects ({} reference images) in {}, {} pre-training samples previewed in {}",
         args.out.display(),
@@ -23,5 +23,12 @@ pub fn run(args: &ToyDataArgs) -> Result<()> {
         data.samples,
         data.page.display()
     );
+    if let Some(dir) = &data.novel_scenes {
+        println!(
+            "{} renders of each subject in novel scenes in {}",
+            args.novel_scenes,
+            dir.display()
+        );
+    }
     Ok(())
 }

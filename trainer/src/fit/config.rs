@@ -61,6 +61,9 @@ pub struct Losses {
     pub swd_scales: usize,
     /// `ce` (default, the authors' code) or `hinge`.
     pub adversarial: String,
+    /// λ_adv, the weight of the adversarial terms in the student's loss (1: the paper and the
+    /// authors' code add them unweighted).
+    pub adversarial_weight: f64,
 }
 
 impl Default for Losses {
@@ -71,6 +74,7 @@ impl Default for Losses {
             swd: 0.1,
             swd_scales: 5,
             adversarial: "ce".into(),
+            adversarial_weight: 1.0,
         }
     }
 }
@@ -721,6 +725,11 @@ impl FitConfig {
             );
         }
         ensure!(
+            self.losses.adversarial_weight.is_finite() && self.losses.adversarial_weight > 0.0,
+            "losses.adversarial_weight {} must be positive (discriminators=[] drops the adversarial loss)",
+            self.losses.adversarial_weight
+        );
+        ensure!(
             self.ablation.teacher || !self.discriminators.is_empty(),
             "ablation.teacher=false leaves the discriminators as the student's only signal: keep at least one in `discriminators`"
         );
@@ -962,6 +971,15 @@ mod tests {
         assert!(with(&["samples.scheduler=ddim"])
             .unwrap_err()
             .contains("samples.scheduler"));
+        assert!(with(&["losses.adversarial_weight=0"])
+            .unwrap_err()
+            .contains("losses.adversarial_weight 0 must be positive"));
+        assert!(with(&["discriminator_real=decoded"]).is_err());
+        assert!(with(&[
+            "losses.adversarial_weight=0.1",
+            "discriminator_real=reconstructions"
+        ])
+        .is_ok());
         assert!(with(&["ablation.teacher=false", "echo.enabled=false"]).is_ok());
     }
 }

@@ -182,6 +182,17 @@ pub fn augment(photo: &RgbImage, size: u32, min_scale: f64, rng: &mut GaussianRn
     Tensor::from_slice(&chw).view([3, size as i64, size as i64])
 }
 
+/// The centred square crop of the short side, resized to `size`: (3, size, size) in [-1, 1]
+/// (the deterministic counterpart of [`augment`], for scoring rather than training).
+pub fn center_square(photo: &RgbImage, size: u32) -> Tensor {
+    let (w, h) = photo.dimensions();
+    let side = w.min(h);
+    let crop = image::imageops::crop_imm(photo, (w - side) / 2, (h - side) / 2, side, side);
+    let resized = image::imageops::resize(&crop.to_image(), size, size, FilterType::CatmullRom);
+    let chw = runtime::image_tensor::rgb8_to_chw(resized.as_raw(), size as usize, size as usize);
+    Tensor::from_slice(&chw).view([3, size as i64, size as i64])
+}
+
 /// A training prompt for `subject` ("<new1> dog") from a random template.
 pub fn prompt(subject: &str, rng: &mut GaussianRng) -> String {
     let i = (rng.next_u64() % TEMPLATES.len() as u64) as usize;
@@ -206,6 +217,18 @@ mod tests {
             flatten(DynamicImage::ImageRgba8(rgba)).get_pixel(0, 0).0,
             [255, 255, 255]
         );
+    }
+
+    #[test]
+    fn center_square_keeps_the_middle_of_the_short_side() {
+        // 6 x 2: columns 0-1 black, 2-3 white, 4-5 black; the centred 2 x 2 is the white middle.
+        let photo = RgbImage::from_fn(6, 2, |x, _| {
+            let v = if (2..4).contains(&x) { 255 } else { 0 };
+            image::Rgb([v, v, v])
+        });
+        let t = center_square(&photo, 2);
+        assert_eq!(t.size(), [3, 2, 2]);
+        assert_eq!(t.min().double_value(&[]), 1.0);
     }
 
     #[test]

@@ -557,6 +557,7 @@ impl Distiller {
                 mse: config.losses.mse,
                 swd: config.losses.swd,
             },
+            adversarial_weight: config.losses.adversarial_weight,
             dino_v1_size: None,
             dino_v2_size: Some(config.dino_v2_size),
             seed: config.seed.wrapping_add(1),

@@ -4,11 +4,13 @@
 //! the paper's baselines ([`baseline`]), what the runner drives ([`method`]), the whole run with
 //! checkpoints ([`run_checkpoint`]), resume, recovery and Ctrl-C ([`runner`]), fault injection
 //! for tests ([`failpoint`]), sample grids ([`grids`]), the HTML report ([`report`]), the
-//! results on disk ([`outputs`]) and using them ([`run_dir`]).
+//! results on disk ([`outputs`]) and using them ([`run_dir`]), and what a run's discriminator
+//! heads call real ([`discriminator_probe`]).
 
 pub mod baseline;
 pub mod config;
 pub mod data;
+pub mod discriminator_probe;
 pub mod distill;
 pub mod failpoint;
 pub mod grids;

@@ -1,5 +1,6 @@
 //! The whole student loss of one iteration (SPEC §4 step 2), wired from a towers folder:
-//! c(t')·(λ_id·L_id + λ_mse·L_mse + λ_swd·L_swd) + Σ_k L_adv,k, and the discriminators' loss.
+//! c(t')·(λ_id·L_id + λ_mse·L_mse + λ_swd·L_swd) + λ_adv·Σ_k L_adv,k (λ_adv = 1 in the paper),
+//! and the discriminators' loss.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -25,6 +26,8 @@ pub struct StackConfig {
     pub normalize: bool,
     /// λ weights.
     pub weights: AlignmentWeights,
+    /// λ_adv, the adversarial terms' weight in the student's loss (1: the paper).
+    pub adversarial_weight: f64,
     /// DINOv1 and IP encoder input side (224 for the real towers).
     pub dino_v1_size: Option<i64>,
     /// DINOv2 input side (518 for the real tower).
@@ -42,6 +45,7 @@ impl Default for StackConfig {
             adversarial: AdversarialLoss::CrossEntropy,
             normalize: true,
             weights: AlignmentWeights::default(),
+            adversarial_weight: 1.0,
             dino_v1_size: None,
             dino_v2_size: Some(518),
             seed: 0,
@@ -60,6 +64,8 @@ pub struct LossStack {
     pub ms_swd: MsSwd,
     /// λ weights.
     pub weights: AlignmentWeights,
+    /// λ_adv.
+    pub adversarial_weight: f64,
 }
 
 /// The terms of one student loss, for logging.
@@ -72,7 +78,7 @@ pub struct StudentLoss {
     pub mse: Tensor,
     /// L_swd (detached).
     pub swd: Tensor,
-    /// Σ_k L_adv,k (detached).
+    /// Σ_k L_adv,k (detached, before λ_adv).
     pub adversarial: Tensor,
     /// The discriminators' backbone features of the student's images, for the discriminator
     /// step (which detaches them) instead of a second pass through the frozen backbones.
@@ -116,6 +122,7 @@ impl LossStack {
             ip,
             ms_swd: MsSwd::new(config.swd_scales, config.seed),
             weights: config.weights,
+            adversarial_weight: config.adversarial_weight,
         })
     }
 
@@ -153,7 +160,7 @@ impl LossStack {
             identity: identity.detach(),
             mse: mse.detach(),
             swd: swd.detach(),
-            total: align + &adversarial,
+            total: align + &adversarial * self.adversarial_weight,
             adversarial: adversarial.detach(),
             fake_features,
         })
@@ -163,16 +170,16 @@ impl LossStack {
     /// term alone, the alignment terms 0.
     pub fn adversarial_only(&self, student_images: &Tensor) -> Result<StudentLoss> {
         let fake_features = self.ensemble.features(student_images, None)?;
-        let total = self
+        let adversarial = self
             .ensemble
             .generator_loss_of(&fake_features, student_images);
-        let zero = || Tensor::zeros([], (total.kind(), total.device()));
+        let zero = || Tensor::zeros([], (adversarial.kind(), adversarial.device()));
         Ok(StudentLoss {
             identity: zero(),
             mse: zero(),
             swd: zero(),
-            adversarial: total.detach(),
-            total,
+            total: &adversarial * self.adversarial_weight,
+            adversarial: adversarial.detach(),
             fake_features,
         })
     }

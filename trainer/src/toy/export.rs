@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use image::{imageops, RgbImage};
 
 use super::subjects::write_dreambench;
@@ -15,6 +15,9 @@ use crate::sampling::write_png;
 
 /// Preview tiles are drawn at least this wide (nearest-neighbour, so pixels stay visible).
 const TILE: u32 = 128;
+
+/// The folder `write_toy_data` puts novel-scene renders in.
+const NOVEL_SCENES: &str = "novel-scenes";
 
 /// What `write_toy_data` wrote.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct ToyData {
     pub reference_images: usize,
     /// Pre-training samples previewed.
     pub samples: usize,
+    /// The folder of novel-scene renders, one subfolder per subject (when asked for).
+    pub novel_scenes: Option<PathBuf>,
 }
 
 fn enlarge(image: &RgbImage) -> RgbImage {
@@ -42,8 +47,14 @@ fn enlarge(image: &RgbImage) -> RgbImage {
 /// Writes the world's files into `out` (which must not exist): `dreambench/`,
 /// `pretrain-samples.png` with `pretrain-captions.txt` (items 0..samples of the pre-training
 /// data), `subjects.png` (a row of references per subject) and `index.html`. The folder is
-/// assembled beside `out` and renamed into place.
-pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<ToyData> {
+/// assembled beside `out` and renamed into place. With `novel > 0`, also `novel-scenes/<subject>/`
+/// with that many renders of each subject in scenes of its own ([`ToyWorld::novel_scenes`]).
+pub fn write_toy_data(
+    world: &ToyWorld,
+    out: &Path,
+    samples: usize,
+    novel: usize,
+) -> Result<ToyData> {
     if samples == 0 {
         bail!("--samples must be at least 1 (the preview shows that many pre-training images)");
     }
@@ -74,6 +85,21 @@ pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<To
             }
         }
         write_png(&compose_grid(&rows, per_row, 2)?, &tmp.join("subjects.png"))?;
+
+        if novel > 0 {
+            for subject in world.subjects() {
+                let folder = tmp.join(NOVEL_SCENES).join(&subject.name);
+                std::fs::create_dir_all(&folder)
+                    .with_context(|| format!("cannot create {}", folder.display()))?;
+                for (i, scene) in world.novel_scenes(subject, novel).iter().enumerate() {
+                    let path = folder.join(format!("{i:02}.png"));
+                    world
+                        .render(scene)
+                        .save_with_format(&path, image::ImageFormat::Png)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+            }
+        }
 
         let config = world.config();
         let report = Report {
@@ -123,6 +149,7 @@ pub fn write_toy_data(world: &ToyWorld, out: &Path, samples: usize) -> Result<To
             page: out.join("index.html"),
             reference_images,
             samples,
+            novel_scenes: (novel > 0).then(|| out.join(NOVEL_SCENES)),
         })
     })
 }

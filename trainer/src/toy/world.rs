@@ -17,6 +17,7 @@ use super::vocab::{Class, Colour, Finish, Pattern, Position, Rotation, Size};
 const SCENES: u64 = 1;
 const CAPTIONS: u64 = 2;
 const SUBJECTS: u64 = 3;
+const NOVEL_SCENES: u64 = 4;
 
 /// The toy world's settings (what `pretrain-toy` records in its manifest).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -159,23 +160,44 @@ impl ToyWorld {
         let mut rng = ToyRng::keyed(self.config.seed, SUBJECTS, 1 + subject.index as u64);
         let count = 4 + rng.below(3);
         (0..count)
-            .map(|_| {
-                let mut backdrop;
-                loop {
-                    backdrop = sample_backdrop(&mut rng);
-                    if !backdrop.colours().contains(&subject.colour) {
-                        break;
-                    }
-                }
-                let size = rng.pick(&[Size::Medium, Size::Large]);
-                let position = rng.pick(Position::ALL);
-                Scene {
-                    backdrop,
-                    object: subject.object(size, Rotation::Upright, Finish::Matte),
-                    placement: Placement::Alone(position),
-                }
-            })
+            .map(|_| subject_scene(subject, &mut rng))
             .collect()
+    }
+
+    /// `count` more scenes of the subject, drawn as its references are from a stream of their
+    /// own, none a reference's scene or another's: how the subject truly looks in scenes no fit
+    /// saw (to probe what a model or a discriminator learned of it).
+    pub fn novel_scenes(&self, subject: &ToySubject, count: usize) -> Vec<Scene> {
+        let mut rng = ToyRng::keyed(self.config.seed, NOVEL_SCENES, 1 + subject.index as u64);
+        let mut seen = self.reference_scenes(subject);
+        let mut novel = Vec::with_capacity(count);
+        while novel.len() < count {
+            let scene = subject_scene(subject, &mut rng);
+            if !seen.contains(&scene) {
+                seen.push(scene);
+                novel.push(scene);
+            }
+        }
+        novel
+    }
+}
+
+/// A scene of `subject` upright and matte, medium or large, alone somewhere on a backdrop
+/// without its base colour.
+fn subject_scene(subject: &ToySubject, rng: &mut ToyRng) -> Scene {
+    let mut backdrop;
+    loop {
+        backdrop = sample_backdrop(rng);
+        if !backdrop.colours().contains(&subject.colour) {
+            break;
+        }
+    }
+    let size = rng.pick(&[Size::Medium, Size::Large]);
+    let position = rng.pick(Position::ALL);
+    Scene {
+        backdrop,
+        object: subject.object(size, Rotation::Upright, Finish::Matte),
+        placement: Placement::Alone(position),
     }
 }
 
@@ -223,6 +245,25 @@ mod tests {
         assert_ne!(d, digest(&other));
         // Item i does not depend on the items before it being drawn.
         assert_eq!(world.sample(1000).image, again.sample(1000).image);
+    }
+
+    /// Novel scenes show the same subject as the references, on backdrops without its colour,
+    /// in none of the references' scenes and no scene twice; the same seed draws the same ones.
+    #[test]
+    fn novel_scenes_show_the_subject_in_scenes_of_their_own() {
+        let world = ToyWorld::new(ToyWorldConfig::default()).unwrap();
+        for s in world.subjects() {
+            let references = world.reference_scenes(s);
+            let novel = world.novel_scenes(s, 8);
+            assert_eq!(novel.len(), 8);
+            assert_eq!(novel, world.novel_scenes(s, 8), "{}", s.name);
+            for n in &novel {
+                assert_eq!(n.object.noun, references[0].object.noun, "{}", s.name);
+                assert!(!n.backdrop.colours().contains(&s.colour), "{}", s.name);
+                assert!(!references.contains(n), "{}: a reference scene", s.name);
+                assert_eq!(novel.iter().filter(|m| *m == n).count(), 1, "{}", s.name);
+            }
+        }
     }
 
     #[test]
