@@ -182,7 +182,8 @@ fn toy_table_runs_every_row_on_two_subjects() {
             .iter()
             .map(|m| m["label"].as_str().unwrap().to_string())
             .collect();
-    assert_eq!(labels.len(), 13);
+    // The paper's 13 rows and the labelled adversarial-weight row (docs/toy-world.md).
+    assert_eq!(labels.len(), 14);
     for label in &labels {
         assert!(table.contains(label.as_str()), "{label} is not in\n{table}");
     }
