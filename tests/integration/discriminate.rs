@@ -114,37 +114,27 @@ fn heads_score_the_photos_above_the_students_samples() {
     );
 
     // Runs without heads, and missing folders, are refused by name.
+    let discriminate = |run: &std::path::Path, folder: &std::path::Path| {
+        tests::run_binary(
+            "trainer",
+            &[
+                "discriminate",
+                "--run",
+                run.to_str().unwrap(),
+                folder.to_str().unwrap(),
+            ],
+        )
+    };
     let plain = fit("plain", &["discriminators=[]", "iterations=1"]);
-    let o = tests::run_binary(
-        "trainer",
-        &[
-            "discriminate",
-            "--run",
-            plain.to_str().unwrap(),
-            photos.to_str().unwrap(),
-        ],
-    );
-    assert_refused(&o, "trained no discriminators");
+    assert_refused(&discriminate(&plain, &photos), "trained no discriminators");
     let baseline = fit("ti", &["method=textual-inversion", "iterations=1"]);
-    let o = tests::run_binary(
-        "trainer",
-        &[
-            "discriminate",
-            "--run",
-            baseline.to_str().unwrap(),
-            photos.to_str().unwrap(),
-        ],
+    assert_refused(
+        &discriminate(&baseline, &photos),
+        "only EchoDistill runs train discriminators",
     );
-    assert_refused(&o, "only EchoDistill runs train discriminators");
     let missing = dir.path().join("nowhere");
-    let o = tests::run_binary(
-        "trainer",
-        &[
-            "discriminate",
-            "--run",
-            run.to_str().unwrap(),
-            missing.to_str().unwrap(),
-        ],
+    assert_refused(
+        &discriminate(&run, &missing),
+        &missing.display().to_string(),
     );
-    assert_refused(&o, &missing.display().to_string());
 }

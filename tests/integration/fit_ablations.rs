@@ -265,9 +265,12 @@ fn reconstructed_reals_change_only_the_discriminator_step() {
     .unwrap();
     let batch = photos.draw_batch();
     assert!(recon.draw_batch().images.equal(&batch.images), "same seed");
-    assert!(photos.discriminator_reals(&batch).equal(&batch.images));
+    let latents = photos.photo_latents(&batch);
+    assert!(photos
+        .discriminator_reals(&batch, &latents)
+        .equal(&batch.images));
 
-    let reals = recon.discriminator_reals(&batch);
+    let reals = recon.discriminator_reals(&batch, &recon.photo_latents(&batch));
     let vae = recon.student_networks().vae;
     let expected = tch::no_grad(|| {
         let latents = vae

@@ -405,6 +405,16 @@ fn refuse_stale_cells(
     out: &Path,
     units: &[&Unit],
 ) -> Result<()> {
+    let settings = |c: FitConfig| -> Result<serde_yaml::Value> {
+        let baseline = c.method.is_baseline();
+        let mut v = serde_yaml::to_value(c)?;
+        // EchoDistill reads none of the baselines' settings (whose defaults it resolves all the
+        // same): a change there is no reason to refit it.
+        if let (false, Some(m)) = (baseline, v.as_mapping_mut()) {
+            m.remove("baseline");
+        }
+        Ok(v)
+    };
     let mut stale = Vec::new();
     for unit in units {
         let dir = unit_dir(out, manifest, unit);
@@ -412,16 +422,6 @@ fn refuse_stale_cells(
         if !run_dir.join("config.yaml").is_file() {
             continue;
         }
-        let settings = |c: FitConfig| -> Result<serde_yaml::Value> {
-            let baseline = c.method.is_baseline();
-            let mut v = serde_yaml::to_value(c)?;
-            // EchoDistill reads none of the baselines' settings (whose defaults it resolves all
-            // the same): a change there is no reason to refit it.
-            if let (false, Some(m)) = (baseline, v.as_mapping_mut()) {
-                m.remove("baseline");
-            }
-            Ok(v)
-        };
         let was = settings(crate::fit::run_dir::run_config(&run_dir)?)?;
         let now = settings(manifest.fit_config(bench, unit)?)?;
         let mut keys = Vec::new();

@@ -119,7 +119,7 @@ pub fn aggregate(records: &[ScoreRecord]) -> Vec<TableRow> {
         .collect()
 }
 
-fn cell(s: &Stat) -> String {
+pub(crate) fn cell(s: &Stat) -> String {
     format!("{:.3} ± {:.3}", s.mean, s.se)
 }
 

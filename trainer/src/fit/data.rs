@@ -173,9 +173,16 @@ pub fn augment(photo: &RgbImage, size: u32, min_scale: f64, rng: &mut GaussianRn
         .clamp(1.0, short) as u32;
     let x = ((w - side) as f64 * rng.next_open01()) as u32;
     let y = ((h - side) as f64 * rng.next_open01()) as u32;
+    let flip = rng.next_open01() < 0.5;
+    square_tensor(photo, (x, y, side), size, flip)
+}
+
+/// The square `(x, y, side)` of `photo`, resized to `size` and flipped horizontally when `flip`,
+/// as a (3, size, size) tensor in [-1, 1].
+fn square_tensor(photo: &RgbImage, (x, y, side): (u32, u32, u32), size: u32, flip: bool) -> Tensor {
     let crop = image::imageops::crop_imm(photo, x, y, side, side).to_image();
     let mut resized = image::imageops::resize(&crop, size, size, FilterType::CatmullRom);
-    if rng.next_open01() < 0.5 {
+    if flip {
         image::imageops::flip_horizontal_in_place(&mut resized);
     }
     let chw = runtime::image_tensor::rgb8_to_chw(resized.as_raw(), size as usize, size as usize);
@@ -187,10 +194,7 @@ pub fn augment(photo: &RgbImage, size: u32, min_scale: f64, rng: &mut GaussianRn
 pub fn center_square(photo: &RgbImage, size: u32) -> Tensor {
     let (w, h) = photo.dimensions();
     let side = w.min(h);
-    let crop = image::imageops::crop_imm(photo, (w - side) / 2, (h - side) / 2, side, side);
-    let resized = image::imageops::resize(&crop.to_image(), size, size, FilterType::CatmullRom);
-    let chw = runtime::image_tensor::rgb8_to_chw(resized.as_raw(), size as usize, size as usize);
-    Tensor::from_slice(&chw).view([3, size as i64, size as i64])
+    square_tensor(photo, ((w - side) / 2, (h - side) / 2, side), size, false)
 }
 
 /// A training prompt for `subject` ("<new1> dog") from a random template.

@@ -12,6 +12,8 @@ use tch::{Kind, Tensor};
 use super::data::{center_square, load_photos};
 use super::distill::Distiller;
 use crate::device::upload;
+use crate::eval::metrics::Stat;
+use crate::eval::table::cell;
 use crate::losses::adversarial::REAL;
 
 /// Images scored per forward pass.
@@ -100,17 +102,6 @@ pub fn probe(run: &Path, folders: &[PathBuf], device: Option<&str>) -> Result<Pr
     })
 }
 
-/// Mean and standard error of `values` (SE 0 for one value).
-fn mean_se(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    if values.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
-}
-
 impl Probe {
     /// Mean ± SE of P(real) per folder and head, then over the heads: a markdown table.
     pub fn markdown(&self) -> String {
@@ -126,19 +117,19 @@ impl Probe {
         for (folder, scores) in &self.folders {
             let mut cells = Vec::new();
             for k in 0..self.heads.len() {
-                let (m, se) = mean_se(&scores.iter().map(|x| x.p_real[k]).collect::<Vec<_>>());
-                cells.push(format!("{m:.3} ± {se:.3}"));
+                let p: Vec<f64> = scores.iter().map(|x| x.p_real[k]).collect();
+                cells.push(cell(&Stat::of(&p)));
             }
             let per_image: Vec<f64> = scores
                 .iter()
                 .map(|x| x.p_real.iter().sum::<f64>() / x.p_real.len() as f64)
                 .collect();
-            let (m, se) = mean_se(&per_image);
             s.push_str(&format!(
-                "| {} | {} | {} | {m:.3} ± {se:.3} |\n",
+                "| {} | {} | {} | {} |\n",
                 folder.display(),
                 scores.len(),
-                cells.join(" | ")
+                cells.join(" | "),
+                cell(&Stat::of(&per_image))
             ));
         }
         s
@@ -168,13 +159,6 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mean_and_standard_error() {
-        assert_eq!(mean_se(&[0.5]), (0.5, 0.0));
-        let (m, se) = mean_se(&[0.0, 1.0]);
-        assert!((m - 0.5).abs() < 1e-12 && (se - 0.5).abs() < 1e-12);
-    }
 
     #[test]
     fn tables_name_every_head_and_folder() {

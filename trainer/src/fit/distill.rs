@@ -674,15 +674,25 @@ impl Distiller {
         }
     }
 
+    /// The latents of `batch`'s photos: their VAE posterior sampled with the batch's noise, times
+    /// the scaling factor (what the teacher step trains on; no gradient).
+    pub fn photo_latents(&self, batch: &Batch) -> Tensor {
+        encode_latents(
+            &self.vae.model,
+            &batch.images,
+            &batch.posterior_noise,
+            self.kind,
+        )
+    }
+
     /// The images the discriminators see as real on `batch` (`discriminator_real`): its photos,
-    /// or their VAE reconstructions (the posterior sampled with the batch's noise, decoded
-    /// without clamping as the student's images are).
-    pub fn discriminator_reals(&self, batch: &Batch) -> Tensor {
+    /// or their VAE reconstructions, `x0` (its [`Distiller::photo_latents`]) decoded without
+    /// clamping as the student's images are.
+    pub fn discriminator_reals(&self, batch: &Batch, x0: &Tensor) -> Tensor {
         match self.config.discriminator_real {
             DiscriminatorReal::Photos => batch.images.shallow_clone(),
             DiscriminatorReal::Reconstructions => {
                 let vae = &self.vae.model;
-                let x0 = encode_latents(vae, &batch.images, &batch.posterior_noise, self.kind);
                 let scaling = vae.config().scaling_factor;
                 tch::no_grad(|| vae.decode(&(x0 / scaling).to_kind(self.kind))).to_kind(Kind::Float)
             }
@@ -702,12 +712,7 @@ impl Distiller {
         let stage = self.config.stage_after(self.iteration);
         self.iteration += 1;
         let mut phases = Phases::new(self.device, self.profile);
-        let x0 = encode_latents(
-            &self.vae.model,
-            &batch.images,
-            &batch.posterior_noise,
-            self.kind,
-        );
+        let x0 = self.photo_latents(batch);
         phases.mark("encode");
         let poison = self.poison_at == Some(self.iteration);
         if poison {
@@ -722,7 +727,7 @@ impl Distiller {
             None
         };
         let student = if stage.trains_student() {
-            Some(self.student_step(batch, &mut phases, poison && teacher.is_none())?)
+            Some(self.student_step(batch, &x0, &mut phases, poison && teacher.is_none())?)
         } else {
             None
         };
@@ -831,6 +836,7 @@ impl Distiller {
     fn student_step(
         &mut self,
         batch: &Batch,
+        photo_latents: &Tensor,
         phases: &mut Phases,
         poison: bool,
     ) -> Result<StudentScalars> {
@@ -918,7 +924,7 @@ impl Distiller {
         let reals = self
             .opt_heads
             .is_some()
-            .then(|| self.discriminator_reals(batch));
+            .then(|| self.discriminator_reals(batch, photo_latents));
         if let (Some(opt), Some(reals)) = (self.opt_heads.as_mut(), reals) {
             // The student's pass already ran the frozen backbones on its images.
             let ensemble = &self.losses.ensemble;
