@@ -135,7 +135,7 @@ fn pretrain_toy_writes_loadable_models_a_report_and_resumes_exactly() {
         assert!((0.0..=1.0).contains(&top1), "{tower}: {top1}");
     }
     assert_eq!(gates["subject_references"].as_u64(), Some(159));
-    for source in ["renders", "teacher", "student"] {
+    for source in ["renders", "reconstructions", "teacher", "student"] {
         let colour = gates[source]["colour"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&colour), "{source}: {colour}");
     }

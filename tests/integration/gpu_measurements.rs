@@ -1,7 +1,7 @@
 //! tests/scripts/gpu_measurements.sh, the one command a lent GPU machine runs for the owed GPU
 //! figures (issues #5, #6, #11), runs its steps on the tiny architectures on the CPU: the
 //! models it writes, `trainer bench` with the upload comparison, a short fit and bench-eval,
-//! `trainer bench` with the decoder checkpointed, the summary table and the log archive. The
+//! `trainer bench` with the decoder checkpointed, then the UNets too, the summary table and the log archive. The
 //! eager PyTorch reference is left out (no PyTorch in CI); on a GPU machine it runs between the
 //! benches.
 
@@ -46,6 +46,12 @@ fn the_gpu_script_runs_its_steps_on_the_tiny_models() {
     assert!(seconds(&summary, "trainer bench, pageable uploads") > 0.0);
     assert!(seconds(&summary, "trainer bench, checkpoint_decoder=true") > 0.0);
     assert!(
+        seconds(
+            &summary,
+            "trainer bench, checkpoint_decoder=true checkpoint_unet=true"
+        ) > 0.0
+    );
+    assert!(
         summary.contains("end to end") && summary.contains("per generated-and-scored image"),
         "no bench-eval figure in\n{summary}"
     );
@@ -59,6 +65,7 @@ fn the_gpu_script_runs_its_steps_on_the_tiny_models() {
     for name in [
         "trainer-bench-1.log",
         "trainer-bench-checkpointed.log",
+        "trainer-bench-checkpointed-unet.log",
         "fit.log",
         "bench-eval.log",
         "init-student.log",

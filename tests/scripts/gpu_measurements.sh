@@ -7,7 +7,8 @@
 #      photos and settings, alternating, each with the GPU's memory in use sampled by nvidia-smi;
 #   3. a short `trainer fit` on those models and `trainer bench-eval` on its run (seconds per
 #      generated-and-scored image with the real-size CLIP ViT-L/14@336 and DINO ViT-S/16);
-#   4. `trainer bench` once more with `checkpoint_decoder=true` (its peak memory against 2.'s).
+#   4. `trainer bench` with `checkpoint_decoder=true`, then with the UNets checkpointed too
+#      (`checkpoint_unet=true`): their peak memory and time against 2.'s.
 # Everything is printed; OUT gets summary.md and logs.tar.gz (every step's output), refreshed
 # after each step so that a run cut short still brings back what it did.
 #
@@ -94,6 +95,8 @@ write_summary() {
     done
     [[ -f "$logs/trainer-bench-checkpointed.log" ]] &&
         echo "| trainer bench, checkpoint_decoder=true | 1 | $(line trainer-bench-checkpointed 'seconds per iteration:' | awk '{print $NF}') | $(gpu_mib trainer-bench-checkpointed) | — |"
+    [[ -f "$logs/trainer-bench-checkpointed-unet.log" ]] &&
+        echo "| trainer bench, checkpoint_decoder=true checkpoint_unet=true | 1 | $(line trainer-bench-checkpointed-unet 'seconds per iteration:' | awk '{print $NF}') | $(gpu_mib trainer-bench-checkpointed-unet) | — |"
     [[ "$reference" == 1 ]] || echo "(the eager PyTorch reference was not run: --no-reference)"
     echo
     echo "bench-eval (5 prompts x 2 seeds, 1 step, real-size CLIP and DINO with --size full): $(line bench-eval 'end to end' | sed 's/^ *//')"
@@ -198,6 +201,9 @@ run_logged bench-eval "$trainer" bench-eval --run "$run" --dataset "$root/traine
 
 say "trainer bench with the VAE decoder checkpointed (memory against time)"
 run_logged trainer-bench-checkpointed "$trainer" bench "${common[@]}" --set checkpoint_decoder=true
+say "trainer bench with the VAE decoder and the UNets checkpointed"
+run_logged trainer-bench-checkpointed-unet "$trainer" bench "${common[@]}" \
+    --set checkpoint_decoder=true --set checkpoint_unet=true
 
 pack
 say "summary"

@@ -353,7 +353,12 @@ pub fn eval_dir(out: &Path, m: &Manifest, unit: &Unit, method: usize) -> PathBuf
 
 /// Settings that change how a fit runs but not what it trains: a cell trained with other
 /// values of these is still the manifest's cell.
-const OPERATIONAL_KEYS: [&str; 3] = ["device", "save_every", "checkpoint_decoder"];
+const OPERATIONAL_KEYS: [&str; 4] = [
+    "device",
+    "save_every",
+    "checkpoint_decoder",
+    "checkpoint_unet",
+];
 
 /// The dotted keys (and both values) where two resolved fit settings differ.
 fn differing_keys(

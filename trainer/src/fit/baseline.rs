@@ -378,10 +378,12 @@ impl Baseline {
         } else {
             tch::no_grad(|| self.text.model.forward(&ids))
         };
-        let pred =
-            self.unet
-                .model
-                .forward(&x_t.to_kind(self.kind), &t, &context.to_kind(self.kind));
+        let (pred, unet_record) = self.unet.model.forward_for_training(
+            &x_t.to_kind(self.kind),
+            &t,
+            &context.to_kind(self.kind),
+            self.config.checkpoint_unet,
+        );
         let target = diffusion::target(self.prediction, &x0, &batch.eps, &a, &s);
         let n = batch.prompts.len() as i64;
         let photos = n - batch.class_images as i64;
@@ -408,6 +410,9 @@ impl Baseline {
             o.zero_grad();
         }
         loss.backward();
+        if let Some(record) = unet_record {
+            record.backward(&self.unet.model);
+        }
         let max = self.config.max_grad_norm;
         let rows_norm = self
             .opt_rows

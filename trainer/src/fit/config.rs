@@ -522,6 +522,10 @@ pub struct FitConfig {
     /// keeping them through the loss towers' pass: less peak memory for one more decoder
     /// forward per iteration; the same update.
     pub checkpoint_decoder: bool,
+    /// Recompute the UNets' activations (teacher, student, a baseline's) block by block in
+    /// the backward pass instead of keeping them: less peak memory for one more UNet forward
+    /// per trained pass; the same update up to float rounding (`models/unet_checkpoint.rs`).
+    pub checkpoint_unet: bool,
     /// Checkpoint every this many iterations (0: only at the end).
     pub save_every: usize,
     /// The echo stage.
@@ -563,6 +567,7 @@ impl Default for FitConfig {
             device: "cpu".into(),
             dtype: "f32".into(),
             checkpoint_decoder: false,
+            checkpoint_unet: false,
             save_every: 100,
             echo: Echo::default(),
             ablation: Ablation::default(),

@@ -31,6 +31,7 @@ use crate::losses::diffusion;
 use crate::losses::stack::{LossStack, StackConfig, StudentLoss};
 use crate::models::clip_text::ClipTextModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::models::unet_checkpoint::CheckpointedForward;
 use crate::models::vae::AutoencoderKL;
 use crate::sampling::{apply_step, token_ids, write_png, Networks};
 
@@ -753,10 +754,11 @@ impl Distiller {
         let context = self.embed(&batch.prompts);
         let teacher = self.teacher.as_mut().context("no teacher")?;
         let target = diffusion::target(teacher.prediction, x0, eps, &a, &s);
-        let pred = teacher.unet.model.forward(
+        let (pred, unet_record) = teacher.unet.model.forward_for_training(
             &x_t.to_kind(self.kind),
             &t_tensor,
             &context.to_kind(self.kind),
+            self.config.checkpoint_unet,
         );
         let mut loss = diffusion::mse(&pred, &target);
         if poison {
@@ -765,6 +767,9 @@ impl Distiller {
         teacher.opt.zero_grad();
         self.opt_rows.zero_grad();
         loss.backward();
+        if let Some(record) = unet_record {
+            record.backward(&teacher.unet.model);
+        }
         let grad_norm = clip_gradients(&teacher.kv.vs, self.config.max_grad_norm);
         clip_gradients(&self.rows.vs, self.config.max_grad_norm);
         teacher.opt.step();
@@ -818,17 +823,27 @@ impl Distiller {
 
     /// The student's one-step x̂_0 from noise `z` (SPEC §4 step 2: Euler with trailing spacing,
     /// model input √(1−ᾱ_999)·σ_max·z, x̂_0 = σ_max·(z − ε̂)), with gradient unless under no_grad.
-    fn one_step(&self, z: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// With `checkpoint` the UNet's activations are not kept: the record's backward must
+    /// follow the loss's.
+    fn one_step(
+        &self,
+        z: &Tensor,
+        context: &Tensor,
+        checkpoint: bool,
+    ) -> Result<(Tensor, Option<CheckpointedForward>)> {
         let sched = &self.student_scheduler;
         let latents = z * f64::from(sched.init_noise_sigma());
         let x_in = (&latents * f64::from(sched.model_input_scale(0)?)).to_kind(self.kind);
         let t = upload(&Tensor::from_slice(&[sched.timesteps()[0]]), self.device);
-        let eps_hat = self
+        let (out, record) = self
             .student
             .model
-            .forward(&x_in, &t, context)
-            .to_kind(Kind::Float);
-        Ok(apply_step(&sched.step_coefficients(0)?, &latents, &eps_hat, None).0)
+            .forward_for_training(&x_in, &t, context, checkpoint);
+        let eps_hat = out.to_kind(Kind::Float);
+        Ok((
+            apply_step(&sched.step_coefficients(0)?, &latents, &eps_hat, None).0,
+            record,
+        ))
     }
 
     /// SPEC §4 steps 2 and 3: one-step generation scored against the teacher's target and the
@@ -850,7 +865,7 @@ impl Distiller {
             tch::no_grad(|| self.embed_student(&batch.prompts))
         }
         .to_kind(self.kind);
-        let x_s = self.one_step(&batch.z, &context)?;
+        let (x_s, unet_record) = self.one_step(&batch.z, &context, self.config.checkpoint_unet)?;
         phases.mark("student_forward");
         let target = self.teacher_target(&x_s, batch)?;
         phases.mark("teacher_target");
@@ -902,6 +917,9 @@ impl Distiller {
         total.backward();
         if checkpoint {
             backward_through_decoder(&x_s, &x_loss, &student_images, decode);
+        }
+        if let Some(record) = unet_record {
+            record.backward(&self.student.model);
         }
         phases.mark("student_backward");
         let grad_norm = clip_gradients(&self.kv_student.vs, self.config.max_grad_norm);
@@ -1232,7 +1250,7 @@ impl Distiller {
                 let context = self
                     .embed_student(std::slice::from_ref(&text))
                     .to_kind(self.kind);
-                let x0 = self.one_step(&z, &context)?;
+                let (x0, _) = self.one_step(&z, &context, false)?;
                 let decoded = self.vae.model.decode(&(x0 / scaling).to_kind(self.kind));
                 Ok(decoded.to_kind(Kind::Float).clamp(-1.0, 1.0))
             })?;

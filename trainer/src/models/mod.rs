@@ -4,7 +4,7 @@
 //! - [`clip_text`]: transformers' `CLIPTextModel` (the shared text encoder);
 //! - [`unet_2d_condition`]: diffusers' `UNet2DConditionModel` (teacher and student), built from
 //!   [`unet_2d_blocks`], [`transformer_2d`], [`attention`] (with [`lora`] adapters), [`resnet`]
-//!   and [`embeddings`];
+//!   and [`embeddings`]; [`unet_checkpoint`] runs it with activation checkpointing;
 //! - [`vae`]: diffusers' `AutoencoderKL`;
 //! - image towers for the losses and evaluation: [`vit`] (DINOv1), [`dinov2`], [`clip_vision`]
 //!   (IP-Adapter's image encoder, evaluation CLIPs) and [`ip_adapter`]'s image projection.
@@ -21,6 +21,7 @@ pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
+pub mod unet_checkpoint;
 pub mod vae;
 pub mod vit;
 

@@ -117,6 +117,11 @@ impl DownBlock {
         }
     }
 
+    /// Number of skip tensors the block hands to the up path (its last is also its output).
+    pub fn skips_produced(&self) -> usize {
+        self.resnets.len() + usize::from(self.downsampler.is_some())
+    }
+
     /// Returns the output and the skip tensors for the up path (one per resnet, one after the
     /// downsampler).
     pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> (Tensor, Vec<Tensor>) {

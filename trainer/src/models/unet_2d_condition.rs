@@ -175,6 +175,38 @@ impl UNet2DConditionModel {
     /// Predicts noise (or v) for `sample` (batch, 4, h, w) at `timesteps` (batch or one value)
     /// given text embeddings `context` (batch, 77, cross_attention_dim).
     pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
+        let (sample, temb) = self.prepare(sample, timesteps);
+        let plan = self.plan(&sample);
+        // Each boundary tensor is dropped after its last reader, as a plain forward would.
+        let mut slots: Vec<Option<Tensor>> = (0..plan.slots).map(|_| None).collect();
+        slots[0] = Some(sample);
+        for (k, segment) in plan.segments.iter().enumerate() {
+            let inputs: Vec<Tensor> = segment
+                .inputs
+                .iter()
+                .map(|&id| {
+                    slots[id]
+                        .as_ref()
+                        .expect("a segment's input")
+                        .shallow_clone()
+                })
+                .collect();
+            let size = segment.size_of.map(|id| spatial_size(&slots[id]));
+            let outputs = self.run_segment(segment, &inputs, &temb, context, size);
+            for &id in &segment.inputs {
+                if plan.last_reader[id] == k {
+                    slots[id] = None;
+                }
+            }
+            for (&id, t) in segment.outputs.iter().zip(outputs) {
+                slots[id] = Some(t);
+            }
+        }
+        slots[plan.output].take().expect("the UNet's output")
+    }
+
+    /// The input after `center_input_sample` and the time embedding every block reads.
+    pub(crate) fn prepare(&self, sample: &Tensor, timesteps: &Tensor) -> (Tensor, Tensor) {
         let batch = sample.size()[0];
         let sample = if self.config.center_input_sample {
             sample * 2.0 - 1.0
@@ -193,31 +225,156 @@ impl UNet2DConditionModel {
         )
         .to_kind(sample.kind());
         let temb = self.time_embedding.forward(&t_emb);
+        (sample, temb)
+    }
 
-        let mut x = self.conv_in.forward(&sample);
-        let mut skips = vec![x.shallow_clone()];
-        for block in &self.down_blocks {
-            let (out, block_skips) = block.forward(&x, &temb, context);
-            x = out;
-            skips.extend(block_skips);
+    /// The forward pass as a chain of segments (conv_in, each down block, the mid block, each
+    /// up block, the output head) over numbered boundary tensors: slot 0 is the (prepared)
+    /// sample, the down path's skips keep their slots until the up block that reads them.
+    /// [`forward`](Self::forward) and the activation-checkpointed pass
+    /// ([`super::unet_checkpoint`]) both run this plan, so they run the same operations.
+    pub(crate) fn plan(&self, sample: &Tensor) -> SegmentPlan {
+        let mut next = 1;
+        let mut fresh = |count: usize| {
+            let ids: Vec<usize> = (next..next + count).collect();
+            next += count;
+            ids
+        };
+        let mut segments = Vec::new();
+        let conv = fresh(1);
+        segments.push(Segment {
+            kind: SegmentKind::ConvIn,
+            inputs: vec![0],
+            outputs: conv.clone(),
+            size_of: None,
+        });
+        let mut skips = conv;
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            let outputs = fresh(block.skips_produced());
+            segments.push(Segment {
+                kind: SegmentKind::Down(i),
+                inputs: vec![*skips.last().expect("conv_in's output")],
+                outputs: outputs.clone(),
+                size_of: None,
+            });
+            skips.extend(outputs);
         }
-        x = self.mid_block.forward(&x, &temb, context);
+        let mut x = fresh(1)[0];
+        segments.push(Segment {
+            kind: SegmentKind::Mid,
+            inputs: vec![*skips.last().expect("the deepest skip")],
+            outputs: vec![x],
+            size_of: None,
+        });
         // diffusers passes explicit upsample sizes only when the input is not a multiple of
-        // 2^(number of upsamplers); then each upsampler targets the next skip's size.
+        // 2^(number of upsamplers); then each upsampler targets the next skip's size (that skip
+        // stays in its slot until a later up block reads it).
         let factor = 1i64 << (self.up_blocks.len() - 1);
         let (h, w) = (sample.size()[2], sample.size()[3]);
         let forward_size = h % factor != 0 || w % factor != 0;
-        for block in &self.up_blocks {
+        for (i, block) in self.up_blocks.iter().enumerate() {
             let take = block.skips_needed();
             let rest = skips.len() - take;
-            let upsample_size = (forward_size && rest > 0).then(|| {
-                let s = skips[rest - 1].size();
-                (s[2], s[3])
+            let size_of = (forward_size && rest > 0).then(|| skips[rest - 1]);
+            let mut inputs = vec![x];
+            inputs.extend(&skips[rest..]);
+            x = fresh(1)[0];
+            segments.push(Segment {
+                kind: SegmentKind::Up(i),
+                inputs,
+                outputs: vec![x],
+                size_of,
             });
-            x = block.forward(&x, &skips[rest..], &temb, context, upsample_size);
             skips.truncate(rest);
         }
-        self.conv_out
-            .forward(&self.conv_norm_out.forward(&x).silu())
+        let output = fresh(1)[0];
+        segments.push(Segment {
+            kind: SegmentKind::ConvOut,
+            inputs: vec![x],
+            outputs: vec![output],
+            size_of: None,
+        });
+        let mut last_reader = vec![usize::MAX; output + 1];
+        for (k, segment) in segments.iter().enumerate() {
+            for &id in &segment.inputs {
+                last_reader[id] = k;
+            }
+        }
+        SegmentPlan {
+            segments,
+            slots: output + 1,
+            output,
+            last_reader,
+        }
     }
+
+    /// Runs one segment of [`plan`](Self::plan) on its input tensors; `upsample_size` is the
+    /// spatial size of the segment's `size_of` slot.
+    pub(crate) fn run_segment(
+        &self,
+        segment: &Segment,
+        inputs: &[Tensor],
+        temb: &Tensor,
+        context: &Tensor,
+        upsample_size: Option<(i64, i64)>,
+    ) -> Vec<Tensor> {
+        match segment.kind {
+            SegmentKind::ConvIn => vec![self.conv_in.forward(&inputs[0])],
+            SegmentKind::Down(i) => self.down_blocks[i].forward(&inputs[0], temb, context).1,
+            SegmentKind::Mid => vec![self.mid_block.forward(&inputs[0], temb, context)],
+            SegmentKind::Up(i) => vec![self.up_blocks[i].forward(
+                &inputs[0],
+                &inputs[1..],
+                temb,
+                context,
+                upsample_size,
+            )],
+            SegmentKind::ConvOut => vec![self
+                .conv_out
+                .forward(&self.conv_norm_out.forward(&inputs[0]).silu())],
+        }
+    }
+}
+
+/// The (height, width) of a live slot's tensor.
+pub(crate) fn spatial_size(slot: &Option<Tensor>) -> (i64, i64) {
+    let s = slot.as_ref().expect("a live slot").size();
+    (s[2], s[3])
+}
+
+/// What one segment of the UNet's forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SegmentKind {
+    /// `conv_in`.
+    ConvIn,
+    /// `down_blocks[i]` (its outputs are its skips; the last one goes on).
+    Down(usize),
+    /// `mid_block`.
+    Mid,
+    /// `up_blocks[i]` (inputs: the running tensor, then its skips in the down path's order).
+    Up(usize),
+    /// `conv_norm_out`, SiLU, `conv_out`.
+    ConvOut,
+}
+
+/// One segment: which slots it reads and writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    pub kind: SegmentKind,
+    pub inputs: Vec<usize>,
+    pub outputs: Vec<usize>,
+    /// The slot whose spatial size an up block's upsampler targets (see [`UNet2DConditionModel::plan`]).
+    pub size_of: Option<usize>,
+}
+
+/// The UNet's forward pass as segments over numbered slots.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentPlan {
+    pub segments: Vec<Segment>,
+    /// Number of slots (slot 0 is the sample).
+    pub slots: usize,
+    /// The slot of the UNet's output.
+    pub output: usize,
+    /// For each slot, the index of the last segment that reads it.
+    pub last_reader: Vec<usize>,
 }

@@ -8,7 +8,8 @@
 //!   different subjects (the range CLIP-I and DINO scores can move in);
 //! - caption accuracy: for seeded "a {colour} {shape} on a … background" prompts, the toy CLIP
 //!   picks the colour among the 12 and the shape among the 11 for the teacher's 25-step
-//!   guided samples, the student's one-step samples and the true renders (its ceiling);
+//!   guided samples, the student's one-step samples, the true renders (its ceiling) and the
+//!   autoencoder's reconstructions of those (the ceiling of anything decoded by it);
 //! - sample grids of truth, teacher and student on held-in captions, reconstructions, the
 //!   stages' loss curves; all in `report/report.html` and `manifest.yaml`.
 
@@ -66,6 +67,9 @@ pub struct Gates {
     pub prompts: usize,
     /// On true renders of the prompts: the CLIP's ceiling.
     pub renders: CaptionAccuracy,
+    /// On the autoencoder's reconstructions of those renders: the ceiling of every image a
+    /// diffusion model here draws (all of them are decoded by it).
+    pub reconstructions: CaptionAccuracy,
     /// On the teacher's samples.
     pub teacher: CaptionAccuracy,
     /// On the student's one-step samples.
@@ -340,6 +344,13 @@ pub fn write_report(
             texts.len()
         );
     }
+    let truth_reconstructed = tch::no_grad(|| {
+        let x = truth.to_device(opts.device);
+        vae.model
+            .decode(&vae.model.encode(&x).mean)
+            .clamp(-1.0, 1.0)
+            .to_device(Device::Cpu)
+    });
     let teacher = Pipeline::load(&out.join("teacher"), opts)?;
     let student = Pipeline::load(&out.join("student"), opts)?;
     let teacher_images = generate(&teacher, &texts, r.teacher_steps, r.guidance, side)?;
@@ -369,6 +380,7 @@ pub fn write_report(
         clip_retrieval_pool: fresh.captions.len(),
         prompts: prompts.len(),
         renders: caption_accuracy(&clip, &prompts, &truth)?,
+        reconstructions: caption_accuracy(&clip, &prompts, &truth_reconstructed)?,
         teacher: caption_accuracy(&clip, &prompts, &teacher_images)?,
         student: caption_accuracy(&clip, &prompts, &student_images)?,
         chance: [1.0 / 12.0, 1.0 / 11.0, 1.0 / 132.0],
@@ -494,6 +506,10 @@ pub fn write_report(
             separated(&gates.dino_subjects),
         ),
         ("caption accuracy: renders".into(), acc(&gates.renders)),
+        (
+            "caption accuracy: renders through the autoencoder".into(),
+            acc(&gates.reconstructions),
+        ),
         ("caption accuracy: teacher".into(), acc(&gates.teacher)),
         ("caption accuracy: student".into(), acc(&gates.student)),
         (
