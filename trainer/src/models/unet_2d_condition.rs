@@ -177,32 +177,38 @@ impl UNet2DConditionModel {
     pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
         let (sample, temb) = self.prepare(sample, timesteps);
         let plan = self.plan(&sample);
-        // Each boundary tensor is dropped after its last reader, as a plain forward would.
+        let mut slots = self.run_plan(&plan, sample, &temb, context, false);
+        slots[plan.output].take().expect("the UNet's output")
+    }
+
+    /// Runs every segment of `plan` from the prepared `sample` and returns the slots. With
+    /// `keep_all` every boundary tensor stays (the checkpointed pass recomputes from them);
+    /// otherwise each is dropped after its last reader, as a plain forward would.
+    pub(crate) fn run_plan(
+        &self,
+        plan: &SegmentPlan,
+        sample: Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        keep_all: bool,
+    ) -> Vec<Option<Tensor>> {
         let mut slots: Vec<Option<Tensor>> = (0..plan.slots).map(|_| None).collect();
         slots[0] = Some(sample);
         for (k, segment) in plan.segments.iter().enumerate() {
-            let inputs: Vec<Tensor> = segment
-                .inputs
-                .iter()
-                .map(|&id| {
-                    slots[id]
-                        .as_ref()
-                        .expect("a segment's input")
-                        .shallow_clone()
-                })
-                .collect();
-            let size = segment.size_of.map(|id| spatial_size(&slots[id]));
-            let outputs = self.run_segment(segment, &inputs, &temb, context, size);
-            for &id in &segment.inputs {
-                if plan.last_reader[id] == k {
-                    slots[id] = None;
+            let (inputs, size) = segment.read(&slots);
+            let outputs = self.run_segment(segment, &inputs, temb, context, size);
+            if !keep_all {
+                for &id in &segment.inputs {
+                    if plan.last_reader[id] == k {
+                        slots[id] = None;
+                    }
                 }
             }
             for (&id, t) in segment.outputs.iter().zip(outputs) {
                 slots[id] = Some(t);
             }
         }
-        slots[plan.output].take().expect("the UNet's output")
+        slots
     }
 
     /// The input after `center_input_sample` and the time embedding every block reads.
@@ -336,12 +342,6 @@ impl UNet2DConditionModel {
     }
 }
 
-/// The (height, width) of a live slot's tensor.
-pub(crate) fn spatial_size(slot: &Option<Tensor>) -> (i64, i64) {
-    let s = slot.as_ref().expect("a live slot").size();
-    (s[2], s[3])
-}
-
 /// What one segment of the UNet's forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SegmentKind {
@@ -365,6 +365,24 @@ pub(crate) struct Segment {
     pub outputs: Vec<usize>,
     /// The slot whose spatial size an up block's upsampler targets (see [`UNet2DConditionModel::plan`]).
     pub size_of: Option<usize>,
+}
+
+impl Segment {
+    /// The segment's inputs from the live `slots` (shallow copies), and the spatial size of its
+    /// `size_of` slot for the upsampler.
+    pub(crate) fn read(&self, slots: &[Option<Tensor>]) -> (Vec<Tensor>, Option<(i64, i64)>) {
+        let live = |id: usize| slots[id].as_ref().expect("a live slot");
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|&id| live(id).shallow_clone())
+            .collect();
+        let size = self.size_of.map(|id| {
+            let s = live(id).size();
+            (s[2], s[3])
+        });
+        (inputs, size)
+    }
 }
 
 /// The UNet's forward pass as segments over numbered slots.

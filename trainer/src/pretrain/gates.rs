@@ -286,13 +286,17 @@ pub fn write_report(
     // The autoencoder on fresh scenes.
     let fresh = world.batch(FRESH..FRESH + r.gate_scenes as u64, 0.0);
     let vae = load_vae(&out.join("teacher/vae"), opts)?;
-    let recon = tch::no_grad(|| {
-        let x = fresh.images.to_device(opts.device);
-        vae.model
-            .decode(&vae.model.encode(&x).mean)
-            .clamp(-1.0, 1.0)
-            .to_device(Device::Cpu)
-    });
+    // decode(encode(x)) at the posterior mean, clamped to the images' range, on the CPU.
+    let reconstruct = |images: &Tensor| {
+        tch::no_grad(|| {
+            let x = images.to_device(opts.device);
+            vae.model
+                .decode(&vae.model.encode(&x).mean)
+                .clamp(-1.0, 1.0)
+                .to_device(Device::Cpu)
+        })
+    };
+    let recon = reconstruct(&fresh.images);
     let err = (&recon - &fresh.images) * 127.5;
     let vae_mae = err.abs().mean(Kind::Float).double_value(&[]);
     let mse = err.square().mean(Kind::Float).double_value(&[]);
@@ -344,13 +348,7 @@ pub fn write_report(
             texts.len()
         );
     }
-    let truth_reconstructed = tch::no_grad(|| {
-        let x = truth.to_device(opts.device);
-        vae.model
-            .decode(&vae.model.encode(&x).mean)
-            .clamp(-1.0, 1.0)
-            .to_device(Device::Cpu)
-    });
+    let truth_reconstructed = reconstruct(&truth);
     let teacher = Pipeline::load(&out.join("teacher"), opts)?;
     let student = Pipeline::load(&out.join("student"), opts)?;
     let teacher_images = generate(&teacher, &texts, r.teacher_steps, r.guidance, side)?;
