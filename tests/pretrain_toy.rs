@@ -279,8 +279,12 @@ fn pretrain_toy_checks_its_config_and_prints_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.yaml") && err.contains("stepz"), "{err}");
 
-    let o = tests::run_binary("trainer", &["pretrain-toy", "--out", "x", "--print-config"]);
-    assert!(o.status.success());
+    // --print-config needs no --out; without either, clap names --out.
+    let o = tests::run_binary("trainer", &["pretrain-toy", "--print-config"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let printed: PretrainConfig = serde_yaml::from_slice(&o.stdout).unwrap();
     assert_eq!(printed, PretrainConfig::default());
+    let o = tests::run_binary("trainer", &["pretrain-toy"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--out"));
 }

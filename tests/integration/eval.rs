@@ -477,6 +477,78 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
     );
 
     merge_tables_rebuild_the_table_from_its_cells(&whole);
+
+    // The table records its models' fingerprints; models changed in place (a retrained world
+    // at the same paths) are refused by running, collecting and merging, naming the model.
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(whole.join("metrics.json")).unwrap()).unwrap();
+    let inputs = meta["meta"]["inputs"].as_object().unwrap();
+    let roles: Vec<&str> = inputs.keys().map(String::as_str).collect();
+    assert_eq!(roles, ["clip", "dino", "student", "teacher", "towers"]);
+    let index = student.join("model_index.json");
+    let mut text = fs::read_to_string(&index).unwrap();
+    text.push('\n');
+    fs::write(&index, text).unwrap();
+    for extra in [&[][..], &["--collect"][..]] {
+        let mut args = vec![
+            "bench-table",
+            "--manifest",
+            path.to_str().unwrap(),
+            "--out",
+            whole.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend(extra);
+        let o = tests::run_binary("trainer", &args);
+        crate::fit::assert_refused(&o, "the inputs changed since");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("student: sha256") && !err.contains("teacher"),
+            "{err}"
+        );
+    }
+    let rescored = dir.path().join("rescored");
+    let cell = whole.join("cells/echodistill/dog/run");
+    let o = tests::run_binary(
+        "trainer",
+        &[
+            "eval",
+            "--run",
+            cell.to_str().unwrap(),
+            "--out",
+            rescored.to_str().unwrap(),
+            "--dataset",
+            tests::dreambench_dir().to_str().unwrap(),
+            "--subject",
+            "dog",
+            "--clip",
+            towers.join("clip").to_str().unwrap(),
+            "--dino",
+            towers.join("dino-v1").to_str().unwrap(),
+            "--prompts",
+            "2",
+            "--seeds",
+            "0",
+            "--steps",
+            "1",
+            "--quiet",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let other_models = tests::run_binary(
+        "trainer",
+        &[
+            "merge-tables",
+            "--out",
+            dir.path().join("mixed").to_str().unwrap(),
+            whole
+                .join("cells/echodistill/can/eval-echodistill")
+                .to_str()
+                .unwrap(),
+            rescored.to_str().unwrap(),
+        ],
+    );
+    crate::fit::assert_refused(&other_models, "was scored on other inputs than");
 }
 
 /// `trainer merge-tables` on every cell's own `metrics.json` gives the table `bench-table`

@@ -77,9 +77,9 @@ pub struct ToyDataArgs {
 #[derive(Debug, Args)]
 pub struct PretrainToyArgs {
     /// The folder to create (or, with --resume, to continue): teacher/, student/, towers/,
-    /// report/, manifest.yaml.
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    /// report/, manifest.yaml. Not needed with --print-config.
+    #[arg(long, value_name = "DIR", required_unless_present = "print_config")]
+    pub out: Option<PathBuf>,
     /// Settings (YAML; every key optional, defaults from `--print-config`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

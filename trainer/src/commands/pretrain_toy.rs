@@ -16,12 +16,17 @@ pub fn run_command(args: &PretrainToyArgs) -> Result<Option<u8>> {
         print!("{}", serde_yaml::to_string(&config)?);
         return Ok(None);
     }
+    // clap requires --out unless --print-config.
+    let out = args
+        .out
+        .as_deref()
+        .context("--out DIR: the folder to pre-train into")?;
     let tokenizer = args.tokenizer.as_deref().context(
         "no tokenizer: pass --tokenizer DIR (a CLIP tokenizer folder) or set ECHODISTILL_CLIP_TOKENIZER (./run.sh env sets it)",
     )?;
     let stop = stop_on_ctrl_c("step")?;
     let options = PretrainOptions {
-        out: &args.out,
+        out,
         config,
         tokenizer,
         resume: args.resume,
@@ -31,8 +36,8 @@ pub fn run_command(args: &PretrainToyArgs) -> Result<Option<u8>> {
     };
     match run(&options)? {
         PretrainOutcome::Finished => {
-            println!("pre-trained the toy world in {}:", args.out.display());
-            for path in outputs(&args.out) {
+            println!("pre-trained the toy world in {}:", out.display());
+            for path in outputs(out) {
                 println!("  {}", path.display());
             }
             Ok(None)
@@ -40,7 +45,7 @@ pub fn run_command(args: &PretrainToyArgs) -> Result<Option<u8>> {
         PretrainOutcome::Interrupted => {
             eprintln!(
                 "stopped; continue with: trainer pretrain-toy --out {} --resume",
-                args.out.display()
+                out.display()
             );
             Ok(Some(INTERRUPTED))
         }

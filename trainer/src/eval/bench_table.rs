@@ -6,7 +6,9 @@
 //! only units `k` with `k mod n = i`, so a Slurm job array or a Kubernetes indexed Job spreads
 //! the table over machines; `--collect` then merges every cell's scores into the table.
 //! A cell whose run was trained with other settings than the manifest now gives (a changed
-//! learning rate, say) is refused by both, naming the settings, rather than silently reused.
+//! learning rate, say) is refused by both, naming the settings, rather than silently reused;
+//! so are all cells when a model's bytes changed at the same path (`OUT/inputs.json` holds the
+//! fingerprints of the first run, and every table records them for `trainer merge-tables`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::dreambench::DreamBench;
+use super::fingerprint;
 use super::gallery::slug;
 use super::protocol::{EvalSettings, ScoreRecord};
 use super::table::{aggregate, read_scores, write_tables};
@@ -96,6 +99,12 @@ pub struct Manifest {
 fn default_token() -> String {
     "<new1>".into()
 }
+
+/// The file in a bench-table folder that records its inputs' fingerprints ([`Manifest::inputs`]).
+pub const INPUTS_FILE: &str = "inputs.json";
+
+/// What to do when the inputs of a bench-table folder changed.
+const INPUTS_CHANGED: &str = "its cells were trained and scored on the old ones. Use a new --out for the new inputs (or restore the old ones)";
 
 /// The `trainer fit` keys whose values are paths.
 pub const PATH_KEYS: [&str; 4] = ["student", "teacher", "towers", "baseline.class_data_dir"];
@@ -189,6 +198,31 @@ impl Manifest {
         }
         m.check().with_context(|| path.display().to_string())?;
         Ok(m)
+    }
+
+    /// The table's models by role, as [`fingerprint::fingerprints`] reads them: `clip`,
+    /// `dino`, every path of the `fit` overrides under its key (`student`, `teacher`,
+    /// `towers`, ...) and of a method's `set` overrides as `<label>: <key>`.
+    pub fn inputs(&self) -> Vec<(String, PathBuf)> {
+        let mut named = vec![
+            ("clip".to_string(), self.eval.clip.clone()),
+            ("dino".to_string(), self.eval.dino.clone()),
+        ];
+        let paths = |o: &String| {
+            o.split_once('=')
+                .filter(|(k, _)| PATH_KEYS.contains(&k.trim()))
+                .map(|(k, v)| (k.trim().to_string(), PathBuf::from(v.trim())))
+        };
+        named.extend(self.fit.iter().filter_map(paths));
+        for m in &self.methods {
+            named.extend(
+                m.set
+                    .iter()
+                    .filter_map(paths)
+                    .map(|(k, v)| (format!("{}: {k}", m.label), v)),
+            );
+        }
+        named
     }
 
     fn check(&self) -> Result<()> {
@@ -462,6 +496,9 @@ pub fn run_units(
         .filter(|u| shard.is_none_or(|s| u.index % s.count == s.index))
         .collect();
     refuse_stale_cells(manifest, &bench, out, &mine)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let inputs = fingerprint::fingerprints(&manifest.inputs())?;
+    fingerprint::check_or_record(&out.join(INPUTS_FILE), &inputs, INPUTS_CHANGED)?;
     for (k, unit) in mine.iter().enumerate() {
         let dir = unit_dir(out, manifest, unit);
         let run_dir = dir.join("run");
@@ -539,10 +576,13 @@ pub fn collect(manifest: &Manifest, out: &Path) -> Result<Vec<super::table::Tabl
             missing.join(", ")
         );
     }
+    let inputs = fingerprint::fingerprints(&manifest.inputs())?;
+    fingerprint::check_or_record(&out.join(INPUTS_FILE), &inputs, INPUTS_CHANGED)?;
     let rows = aggregate(&records);
     let (prompts, seeds) = super::count_prompts_and_seeds(&records);
     let meta = serde_json::json!({
         "manifest": manifest,
+        "inputs": inputs,
         "subjects": subjects,
         "prompts_per_subject": prompts,
         "seeds": seeds,

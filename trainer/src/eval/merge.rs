@@ -72,6 +72,60 @@ pub fn read_table(path: &Path) -> Result<(Vec<TableRow>, serde_json::Value)> {
     Ok((file.rows, file.meta))
 }
 
+/// Refuses a table whose inputs ([`super::fingerprint`]: models and metric backbones) differ
+/// from the first table's in a role both record, or which records none while the first does
+/// (or the reverse): its numbers may come from other models at the same paths.
+fn check_same_inputs(
+    name: &str,
+    meta: &serde_json::Value,
+    first: &mut Option<(String, Option<BTreeMap<String, String>>)>,
+) -> Result<()> {
+    let mine: Option<BTreeMap<String, String>> = match meta.get("inputs") {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value(v.clone())
+                .with_context(|| format!("{name}: meta.inputs is not a map of fingerprints"))?,
+        ),
+    };
+    let Some((first_name, theirs)) = first else {
+        *first = Some((name.to_string(), mine));
+        return Ok(());
+    };
+    match (&*theirs, &mine) {
+        (Some(a), Some(b)) => {
+            let a: BTreeMap<String, String> = a
+                .iter()
+                .filter(|(k, _)| b.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let b: BTreeMap<String, String> = b
+                .iter()
+                .filter(|(k, _)| a.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let diff = super::fingerprint::differences(&a, &b);
+            if !diff.is_empty() {
+                bail!(
+                    "{name} was scored on other inputs than {first_name} ({}): merge tables of the same models and backbones only",
+                    diff.join("; ")
+                );
+            }
+        }
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => {
+            let (with, without) = if mine.is_some() {
+                (name, first_name.as_str())
+            } else {
+                (first_name.as_str(), name)
+            };
+            bail!(
+                "{without} records no fingerprints of its models (an older trainer wrote it) and {with} does: nothing shows they scored the same models. Merge it only with tables like it, or score it again"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A `metrics.json` path, or the one inside a folder.
 fn metrics_file(path: &Path) -> PathBuf {
     if path.is_dir() {
@@ -87,6 +141,7 @@ fn metrics_file(path: &Path) -> PathBuf {
 pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
     let mut tables = Vec::new();
     let mut protocol: Option<(String, serde_json::Value, serde_json::Value)> = None;
+    let mut first_inputs: Option<(String, Option<BTreeMap<String, String>>)> = None;
     for input in inputs {
         let path = metrics_file(input);
         let (rows, meta) = read_table(&path)?;
@@ -103,6 +158,7 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
                 }
             }
         }
+        check_same_inputs(&name, &meta, &mut first_inputs)?;
         tables.push((name, rows));
     }
     let Some((_, prompts, seeds)) = protocol else {
@@ -178,5 +234,35 @@ mod tests {
         ]);
         let e = clash.unwrap_err().to_string();
         assert!(e.contains("dog") && e.contains("again"), "{e}");
+    }
+
+    /// Tables of other models (same roles, other fingerprints) are refused, naming the role;
+    /// roles only one table records are not compared; a table without fingerprints is not
+    /// pooled with one that has them.
+    #[test]
+    fn tables_of_other_models_are_refused() {
+        let meta = |v: serde_json::Value| serde_json::json!({ "inputs": v });
+        let mut first = None;
+        let a = meta(serde_json::json!({"student": "aa", "clip": "cc"}));
+        check_same_inputs("a.json", &a, &mut first).unwrap();
+        let b = meta(serde_json::json!({"student": "aa", "clip": "cc", "towers": "tt"}));
+        check_same_inputs("b.json", &b, &mut first).unwrap();
+        let c = meta(serde_json::json!({"student": "ab", "clip": "cc"}));
+        let e = check_same_inputs("c.json", &c, &mut first)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.json") && e.contains("a.json") && e.contains("student"),
+            "{e}"
+        );
+        assert!(!e.contains("clip"), "{e}");
+        let old = serde_json::json!({"seeds": [0]});
+        let e = check_same_inputs("old.json", &old, &mut first)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("old.json records no fingerprints"), "{e}");
+        let mut only_old = None;
+        check_same_inputs("old.json", &old, &mut only_old).unwrap();
+        check_same_inputs("old2.json", &old, &mut only_old).unwrap();
     }
 }

@@ -2,12 +2,13 @@
 //! ([`dreambench`]), the metric backbones and the metrics ([`metrics`]), generating and scoring
 //! one run on one subject ([`protocol`]), the tables and the bar chart ([`table`], [`chart`]),
 //! and the browsable image grids ([`gallery`]); the whole table over methods and subjects,
-//! resumable and shardable ([`bench_table`]), and tables of disjoint subjects merged into one
+//! resumable and shardable ([`bench_table`]), the fingerprints of their inputs ([`fingerprint`]), and tables of disjoint subjects merged into one
 //! ([`merge`]).
 
 pub mod bench_table;
 pub mod chart;
 pub mod dreambench;
+pub mod fingerprint;
 pub mod gallery;
 pub mod merge;
 pub mod metrics;
@@ -44,8 +45,19 @@ pub fn evaluate_into(
     table::write_scores(&outcome.records, out)?;
     let rows = table::aggregate(&outcome.records);
     let (prompts, seeds) = count_prompts_and_seeds(&outcome.records);
+    // The same roles as a bench-table's inputs, so their tables can be merged.
+    let config = crate::fit::run_dir::run_config(run)?;
+    let mut named = vec![
+        ("clip".to_string(), settings.clip.clone()),
+        ("dino".to_string(), settings.dino.clone()),
+        ("student".to_string(), config.student.clone().into()),
+        ("teacher".to_string(), config.teacher.clone().into()),
+    ];
+    named.extend(config.towers.clone().map(|t| ("towers".to_string(), t)));
+    let inputs = fingerprint::fingerprints(&named)?;
     let meta = json!({
         "run": run.display().to_string(),
+        "inputs": inputs,
         "network": outcome.network,
         "clip": settings.clip.display().to_string(),
         "dino": settings.dino.display().to_string(),
