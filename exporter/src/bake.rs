@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use runtime::hub::model_dir;
 use runtime::manifest::{
-    sha256_file, Latent, Manifest, ManifestToken, Network, Resolution, FORMAT, FORMAT_VERSION,
+    file_hashes, Latent, Manifest, ManifestToken, Network, Resolution, FORMAT, FORMAT_VERSION,
     MANIFEST_FILE,
 };
 use runtime::model_config::{ClipTextConfig, UNetConfig, VaeConfig};
@@ -228,24 +228,6 @@ fn parse_steps(text: &str) -> Result<Vec<u32>> {
     Ok(steps)
 }
 
-fn files_under(dir: &Path, root: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
-    entries.sort_by_key(|e| e.path());
-    for entry in entries {
-        let path = entry.path();
-        if path.is_dir() {
-            files_under(&path, root, out)?;
-        } else {
-            let rel = path
-                .strip_prefix(root)?
-                .to_string_lossy()
-                .replace('\\', "/");
-            out.insert(rel, sha256_file(&path)?);
-        }
-    }
-    Ok(())
-}
-
 /// Runs `exporter bake`.
 pub fn run(args: &BakeArgs) -> Result<()> {
     let started = Instant::now();
@@ -398,8 +380,7 @@ pub fn run(args: &BakeArgs) -> Result<()> {
         &scheduler_text,
     )?;
 
-    let mut files = BTreeMap::new();
-    files_under(&dir, &dir, &mut files)?;
+    let files = file_hashes(&dir)?;
     let manifest = Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,

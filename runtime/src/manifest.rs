@@ -121,6 +121,37 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hash.finalize()))
 }
 
+/// SHA-256 (hex) of every regular file below `root`, by its path relative to `root` with `/`
+/// separators on every platform (so the map compares across machines). Used for a baked
+/// folder's `files` and for the trainer's model fingerprints.
+pub fn file_hashes(root: &Path) -> Result<BTreeMap<String, String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the folder {}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot read the folder {}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else if path.is_file() {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.insert(rel, sha256_file(&path)?);
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out)?;
+    Ok(out)
+}
+
 impl Manifest {
     /// Reads `manifest.yaml` from a model folder and checks its format.
     pub fn read(dir: &Path) -> Result<Self> {

@@ -350,24 +350,38 @@ fn eval_cli_refuses_unknown_subjects_and_missing_backbones() {
     assert!(stdout.contains("| EchoDistill | 1 |"), "{stdout}");
 }
 
-fn bench_table_cli(manifest: &Path, out: &Path, extra: &[&str]) -> String {
+/// Runs `trainer bench-table --manifest M --out O --quiet EXTRA...`, whatever its outcome.
+fn bench_table_output(manifest: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let (manifest, out) = (manifest.display().to_string(), out.display().to_string());
     let mut args = vec![
-        "bench-table".to_string(),
-        "--manifest".into(),
-        manifest.display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--quiet".into(),
+        "bench-table",
+        "--manifest",
+        &manifest,
+        "--out",
+        &out,
+        "--quiet",
     ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = tests::run_binary("trainer", &refs);
+    args.extend(extra);
+    tests::run_binary("trainer", &args)
+}
+
+/// A bench-table run that must succeed: its stdout and stderr.
+fn bench_table_cli(manifest: &Path, out: &Path, extra: &[&str]) -> String {
+    let o = bench_table_output(manifest, out, extra);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The outcomes of running and of collecting the same table (for checks both must refuse).
+fn run_and_collect(manifest: &Path, out: &Path) -> [std::process::Output; 2] {
+    [
+        bench_table_output(manifest, out, &[]),
+        bench_table_output(manifest, out, &["--collect"]),
+    ]
 }
 
 #[test]
@@ -425,17 +439,7 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
         serde_json::json!(["method=textual-inversion", "baseline.lr=0.001"]);
     let changed_path = dir.path().join("changed.yaml");
     fs::write(&changed_path, serde_yaml_string(&changed)).unwrap();
-    for extra in [&[][..], &["--collect"][..]] {
-        let mut args = vec![
-            "bench-table",
-            "--manifest",
-            changed_path.to_str().unwrap(),
-            "--out",
-            whole.to_str().unwrap(),
-            "--quiet",
-        ];
-        args.extend(extra);
-        let o = tests::run_binary("trainer", &args);
+    for o in run_and_collect(&changed_path, &whole) {
         crate::fit::assert_refused(&o, "2 cell(s) were trained with other settings");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("textual-inversion/dog"), "{err}");
@@ -489,17 +493,7 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
     let mut text = fs::read_to_string(&index).unwrap();
     text.push('\n');
     fs::write(&index, text).unwrap();
-    for extra in [&[][..], &["--collect"][..]] {
-        let mut args = vec![
-            "bench-table",
-            "--manifest",
-            path.to_str().unwrap(),
-            "--out",
-            whole.to_str().unwrap(),
-            "--quiet",
-        ];
-        args.extend(extra);
-        let o = tests::run_binary("trainer", &args);
+    for o in run_and_collect(&path, &whole) {
         crate::fit::assert_refused(&o, "the inputs changed since");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(

@@ -10,7 +10,7 @@
 //! so are all cells when a model's bytes changed at the same path (`OUT/inputs.json` holds the
 //! fingerprints of the first run, and every table records them for `trainer merge-tables`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -223,6 +223,15 @@ impl Manifest {
             );
         }
         named
+    }
+
+    /// Fingerprints the table's [inputs](Self::inputs) and checks them against those the folder
+    /// `out` recorded on its first run (recording them there when it has none): a table's cells
+    /// are never trained or scored on other bytes at the same paths.
+    pub fn check_inputs(&self, out: &Path) -> Result<BTreeMap<String, String>> {
+        let inputs = fingerprint::fingerprints(&self.inputs())?;
+        fingerprint::check_or_record(&out.join(INPUTS_FILE), &inputs, INPUTS_CHANGED)?;
+        Ok(inputs)
     }
 
     fn check(&self) -> Result<()> {
@@ -497,8 +506,7 @@ pub fn run_units(
         .collect();
     refuse_stale_cells(manifest, &bench, out, &mine)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let inputs = fingerprint::fingerprints(&manifest.inputs())?;
-    fingerprint::check_or_record(&out.join(INPUTS_FILE), &inputs, INPUTS_CHANGED)?;
+    manifest.check_inputs(out)?;
     for (k, unit) in mine.iter().enumerate() {
         let dir = unit_dir(out, manifest, unit);
         let run_dir = dir.join("run");
@@ -576,8 +584,7 @@ pub fn collect(manifest: &Manifest, out: &Path) -> Result<Vec<super::table::Tabl
             missing.join(", ")
         );
     }
-    let inputs = fingerprint::fingerprints(&manifest.inputs())?;
-    fingerprint::check_or_record(&out.join(INPUTS_FILE), &inputs, INPUTS_CHANGED)?;
+    let inputs = manifest.check_inputs(out)?;
     let rows = aggregate(&records);
     let (prompts, seeds) = super::count_prompts_and_seeds(&records);
     let meta = serde_json::json!({

@@ -4,56 +4,24 @@
 //! on other models are never silently pooled: retraining the toy world changes the committed
 //! models' bytes but not their paths, and the settings check of stale cells cannot see that.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 (hex) of a file, or of a folder's tree: every regular file below it, in path order,
-/// as (relative path, size, SHA-256 of the bytes). Two copies of a folder in other places have
-/// the same fingerprint; a changed, added, removed or renamed file changes it.
+/// as (relative path, SHA-256 of the bytes). Two copies of a folder in other places have the
+/// same fingerprint; a changed, added, removed or renamed file changes it.
 pub fn tree_sha256(path: &Path) -> Result<String> {
     if path.is_file() {
         return runtime::manifest::sha256_file(path);
     }
-    let mut files = Vec::new();
-    collect_files(path, path, &mut files)?;
-    files.sort();
     let mut hash = Sha256::new();
-    for (rel, file) in &files {
-        let size = std::fs::metadata(file)
-            .with_context(|| format!("cannot read {}", file.display()))?
-            .len();
-        hash.update(format!(
-            "{rel}\0{size}\0{}\n",
-            runtime::manifest::sha256_file(file)?
-        ));
+    for (rel, sha) in runtime::manifest::file_hashes(path)? {
+        hash.update(format!("{rel}\0{sha}\n"));
     }
     Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read the folder {}", dir.display()))?;
-        let path = entry.path();
-        if path.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if path.is_file() {
-            // '/' on every platform, so fingerprints compare across machines.
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            out.push((rel, path));
-        }
-    }
-    Ok(())
 }
 
 /// Fingerprints of the inputs named in `named` (role → local path). Roles whose value is not a
@@ -68,10 +36,28 @@ pub fn fingerprints(named: &[(String, PathBuf)]) -> Result<BTreeMap<String, Stri
     Ok(out)
 }
 
-/// The roles whose fingerprints differ between `was` (named by `was_name`) and `now`, one
-/// phrase each; empty when they agree.
+/// The roles whose fingerprints differ between `was` and `now`, one phrase each (a role only
+/// one of them records counts as a difference); empty when they agree.
 pub fn differences(was: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
-    let roles: std::collections::BTreeSet<&String> = was.keys().chain(now.keys()).collect();
+    let roles: BTreeSet<&String> = was.keys().chain(now.keys()).collect();
+    describe(roles, was, now)
+}
+
+/// The roles both `a` and `b` record whose fingerprints differ, one phrase each; roles only one
+/// of them records are not compared.
+pub fn differences_in_common(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let roles: BTreeSet<&String> = a.keys().filter(|k| b.contains_key(*k)).collect();
+    describe(roles, a, b)
+}
+
+fn describe(
+    roles: BTreeSet<&String>,
+    was: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Vec<String> {
     roles
         .into_iter()
         .filter_map(|role| match (was.get(role), now.get(role)) {
@@ -137,6 +123,12 @@ mod tests {
         tree(&t.path().join("a"), files);
         tree(&t.path().join("b"), files);
         let a = tree_sha256(&t.path().join("a")).unwrap();
+        // The format is pinned: committed tables (docs/toy-table) record these hashes. Computed
+        // apart with Python's hashlib over "{rel}\0{sha256 hex}\n" per file in path order.
+        assert_eq!(
+            a,
+            "76b0c8326df29371416ed7daddf367224dc6403e6946907aa50f70cf94b2515b"
+        );
         assert_eq!(a, tree_sha256(&t.path().join("b")).unwrap());
         // One byte, a rename, an added file: each changes it.
         tree(&t.path().join("b"), &[("unet/w.safetensors", b"abd")]);

@@ -93,17 +93,7 @@ fn check_same_inputs(
     };
     match (&*theirs, &mine) {
         (Some(a), Some(b)) => {
-            let a: BTreeMap<String, String> = a
-                .iter()
-                .filter(|(k, _)| b.contains_key(*k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let b: BTreeMap<String, String> = b
-                .iter()
-                .filter(|(k, _)| a.contains_key(*k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let diff = super::fingerprint::differences(&a, &b);
+            let diff = super::fingerprint::differences_in_common(a, b);
             if !diff.is_empty() {
                 bail!(
                     "{name} was scored on other inputs than {first_name} ({}): merge tables of the same models and backbones only",
