@@ -188,3 +188,55 @@ fn toy_table_runs_every_row_on_two_subjects() {
         assert!(table.contains(label.as_str()), "{label} is not in\n{table}");
     }
 }
+
+/// The toy table grows a subject at a time in docs/toy-table (docs/toy-world.md): every
+/// committed subject's table must record the fingerprints of the committed toy models (a
+/// retrained world is caught here until its tables are scored again), and they merge.
+#[test]
+fn committed_toy_tables_record_the_committed_models_and_merge() {
+    use trainer::eval::{bench_table::Manifest, fingerprint};
+    let manifest = Manifest::load(&toy().join("bench-table.yaml")).unwrap();
+    let now = fingerprint::fingerprints(&manifest.inputs()).unwrap();
+    assert_eq!(
+        now.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["clip", "dino", "student", "teacher", "towers"]
+    );
+    let docs = tests::workspace_root().join("docs/toy-table");
+    let mut tables: Vec<PathBuf> = std::fs::read_dir(&docs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    tables.sort();
+    assert!(tables.len() >= 4, "{tables:?}");
+    for table in &tables {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(table).unwrap()).unwrap();
+        let recorded: BTreeMap<String, String> =
+            serde_json::from_value(json["meta"]["inputs"].clone()).unwrap_or_else(|e| {
+                panic!("{}: meta.inputs: {e}", table.display());
+            });
+        let diff = fingerprint::differences(&recorded, &now);
+        assert!(diff.is_empty(), "{}: {diff:?}", table.display());
+        let subjects = json["meta"]["subjects"].as_array().unwrap();
+        let stem = table.file_stem().unwrap().to_str().unwrap();
+        assert_eq!(subjects, &[serde_json::json!(stem)], "{}", table.display());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec!["merge-tables".to_string()];
+    args.extend(tables.iter().map(|t| t.display().to_string()));
+    args.extend(["--out".to_string(), out.path().display().to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    tests::run_binary_ok("trainer", &refs);
+    let merged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        merged["meta"]["subjects"].as_array().unwrap().len(),
+        tables.len()
+    );
+    // The merge carries the fingerprints on, so it can be merged again.
+    assert_eq!(
+        merged["meta"]["inputs"],
+        serde_json::to_value(&now).unwrap()
+    );
+}

@@ -40,24 +40,6 @@ pub fn fingerprints(named: &[(String, PathBuf)]) -> Result<BTreeMap<String, Stri
 /// one of them records counts as a difference); empty when they agree.
 pub fn differences(was: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
     let roles: BTreeSet<&String> = was.keys().chain(now.keys()).collect();
-    describe(roles, was, now)
-}
-
-/// The roles both `a` and `b` record whose fingerprints differ, one phrase each; roles only one
-/// of them records are not compared.
-pub fn differences_in_common(
-    a: &BTreeMap<String, String>,
-    b: &BTreeMap<String, String>,
-) -> Vec<String> {
-    let roles: BTreeSet<&String> = a.keys().filter(|k| b.contains_key(*k)).collect();
-    describe(roles, a, b)
-}
-
-fn describe(
-    roles: BTreeSet<&String>,
-    was: &BTreeMap<String, String>,
-    now: &BTreeMap<String, String>,
-) -> Vec<String> {
     roles
         .into_iter()
         .filter_map(|role| match (was.get(role), now.get(role)) {

@@ -72,14 +72,35 @@ pub fn read_table(path: &Path) -> Result<(Vec<TableRow>, serde_json::Value)> {
     Ok((file.rows, file.meta))
 }
 
-/// Refuses a table whose inputs ([`super::fingerprint`]: models and metric backbones) differ
-/// from the first table's in a role both record, or which records none while the first does
-/// (or the reverse): its numbers may come from other models at the same paths.
-fn check_same_inputs(
-    name: &str,
-    meta: &serde_json::Value,
-    first: &mut Option<(String, Option<BTreeMap<String, String>>)>,
-) -> Result<()> {
+/// The fingerprints ([`super::fingerprint`]: models and metric backbones) of the tables read
+/// so far.
+#[derive(Default)]
+struct SeenInputs {
+    /// The first table read, and whether it recorded fingerprints.
+    first: Option<(String, bool)>,
+    /// By role: its fingerprint and the table that first recorded it.
+    roles: BTreeMap<String, (String, String)>,
+}
+
+impl SeenInputs {
+    /// The union of the fingerprints read (they agree wherever two tables record a role), or
+    /// `None` when the tables record none.
+    fn merged(&self) -> Option<BTreeMap<String, String>> {
+        let (_, recorded) = self.first.as_ref()?;
+        recorded.then(|| {
+            self.roles
+                .iter()
+                .map(|(role, (sha, _))| (role.clone(), sha.clone()))
+                .collect()
+        })
+    }
+}
+
+/// Refuses a table whose fingerprints differ from an earlier table's in a role both record
+/// (naming that table), or which records none while the earlier ones do (or the reverse): its
+/// numbers may come from other models at the same paths. Roles only some tables record (a
+/// `set` path of one method) are compared wherever they recur.
+fn check_same_inputs(name: &str, meta: &serde_json::Value, seen: &mut SeenInputs) -> Result<()> {
     let mine: Option<BTreeMap<String, String>> = match meta.get("inputs") {
         None => None,
         Some(v) => Some(
@@ -87,30 +108,36 @@ fn check_same_inputs(
                 .with_context(|| format!("{name}: meta.inputs is not a map of fingerprints"))?,
         ),
     };
-    let Some((first_name, theirs)) = first else {
-        *first = Some((name.to_string(), mine));
-        return Ok(());
-    };
-    match (&*theirs, &mine) {
-        (Some(a), Some(b)) => {
-            let diff = super::fingerprint::differences_in_common(a, b);
-            if !diff.is_empty() {
+    let (first_name, first_recorded) = seen
+        .first
+        .get_or_insert_with(|| (name.to_string(), mine.is_some()))
+        .clone();
+    if first_recorded != mine.is_some() {
+        let (with, without) = if mine.is_some() {
+            (name, first_name.as_str())
+        } else {
+            (first_name.as_str(), name)
+        };
+        bail!(
+            "{without} records no fingerprints of its models (an older trainer wrote it) and {with} does: nothing shows they scored the same models. Merge it only with tables like it, or score it again"
+        );
+    }
+    for (role, sha) in mine.unwrap_or_default() {
+        match seen.roles.get(&role) {
+            None => {
+                seen.roles.insert(role, (sha, name.to_string()));
+            }
+            Some((was, from)) if *was != sha => {
+                let diff = super::fingerprint::differences(
+                    &BTreeMap::from([(role.clone(), was.clone())]),
+                    &BTreeMap::from([(role, sha)]),
+                );
                 bail!(
-                    "{name} was scored on other inputs than {first_name} ({}): merge tables of the same models and backbones only",
+                    "{name} was scored on other inputs than {from} ({}): merge tables of the same models and backbones only",
                     diff.join("; ")
                 );
             }
-        }
-        (None, None) => {}
-        (Some(_), None) | (None, Some(_)) => {
-            let (with, without) = if mine.is_some() {
-                (name, first_name.as_str())
-            } else {
-                (first_name.as_str(), name)
-            };
-            bail!(
-                "{without} records no fingerprints of its models (an older trainer wrote it) and {with} does: nothing shows they scored the same models. Merge it only with tables like it, or score it again"
-            );
+            Some(_) => {}
         }
     }
     Ok(())
@@ -131,7 +158,7 @@ fn metrics_file(path: &Path) -> PathBuf {
 pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
     let mut tables = Vec::new();
     let mut protocol: Option<(String, serde_json::Value, serde_json::Value)> = None;
-    let mut first_inputs: Option<(String, Option<BTreeMap<String, String>>)> = None;
+    let mut seen_inputs = SeenInputs::default();
     for input in inputs {
         let path = metrics_file(input);
         let (rows, meta) = read_table(&path)?;
@@ -148,7 +175,7 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
                 }
             }
         }
-        check_same_inputs(&name, &meta, &mut first_inputs)?;
+        check_same_inputs(&name, &meta, &mut seen_inputs)?;
         tables.push((name, rows));
     }
     let Some((_, prompts, seeds)) = protocol else {
@@ -162,12 +189,16 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
         subjects.len(),
         tables.len()
     );
-    let meta = serde_json::json!({
+    let mut meta = serde_json::json!({
         "merged_from": tables.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         "subjects": subjects,
         "prompts_per_subject": prompts,
         "seeds": seeds,
     });
+    // The merged table is an input of later merges: it carries its tables' fingerprints.
+    if let Some(inputs) = seen_inputs.merged() {
+        meta["inputs"] = serde_json::to_value(inputs)?;
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_tables(&rows, out, meta, &[note], "DreamBench table")?;
     Ok(rows)
@@ -232,7 +263,7 @@ mod tests {
     #[test]
     fn tables_of_other_models_are_refused() {
         let meta = |v: serde_json::Value| serde_json::json!({ "inputs": v });
-        let mut first = None;
+        let mut first = SeenInputs::default();
         let a = meta(serde_json::json!({"student": "aa", "clip": "cc"}));
         check_same_inputs("a.json", &a, &mut first).unwrap();
         let b = meta(serde_json::json!({"student": "aa", "clip": "cc", "towers": "tt"}));
@@ -251,8 +282,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("old.json records no fingerprints"), "{e}");
-        let mut only_old = None;
+        // A role only a later table recorded is compared too, naming that table.
+        let d = meta(serde_json::json!({"student": "aa", "towers": "tu"}));
+        let e = check_same_inputs("d.json", &d, &mut first)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("than b.json") && e.contains("towers"), "{e}");
+        let union = first.merged().unwrap();
+        let roles: Vec<&str> = union.keys().map(String::as_str).collect();
+        assert_eq!(roles, ["clip", "student", "towers"]);
+        let mut only_old = SeenInputs::default();
         check_same_inputs("old.json", &old, &mut only_old).unwrap();
         check_same_inputs("old2.json", &old, &mut only_old).unwrap();
+        assert_eq!(only_old.merged(), None);
     }
 }
