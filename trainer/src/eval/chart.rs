@@ -25,8 +25,9 @@ pub struct BarChart<'a> {
     pub y_max: Option<f64>,
 }
 
-// Tableau-10 style palette: distinguishable, and still readable when printed in grey.
-const PALETTE: [[u8; 3]; 10] = [
+// Tableau-10 style palette, then ten more from Tableau-20 not already in it: the toy table has
+// 14 rows, and with 10 colours rows 11-14 repeated rows 1-4.
+const PALETTE: [[u8; 3]; 20] = [
     [78, 121, 167],
     [242, 142, 43],
     [225, 87, 89],
@@ -37,6 +38,16 @@ const PALETTE: [[u8; 3]; 10] = [
     [255, 157, 167],
     [156, 117, 95],
     [186, 176, 172],
+    [160, 203, 232],
+    [255, 190, 125],
+    [140, 209, 125],
+    [182, 153, 45],
+    [73, 152, 148],
+    [121, 112, 110],
+    [211, 114, 149],
+    [212, 166, 200],
+    [250, 191, 210],
+    [215, 181, 166],
 ];
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
 const TEXT: Rgb<u8> = Rgb([50, 50, 50]);
@@ -485,6 +496,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Up to 20 series (the toy table has 14 rows) each get their own bar colour.
+    #[test]
+    fn fourteen_series_get_fourteen_colours() {
+        let g = groups();
+        let s: Vec<Series> = (0..14)
+            .map(|i| Series {
+                label: format!("row {i}"),
+                values: vec![Some((0.5, 0.0)); 3],
+            })
+            .collect();
+        let chart = BarChart {
+            title: "Scores",
+            groups: &g,
+            series: &s,
+            y_max: None,
+        };
+        let img = chart.render().unwrap();
+        let l = Layout::new(&chart).unwrap();
+        let y = (l.y_px(0.5) + l.y_px(0.0)) / 2;
+        let colours: std::collections::BTreeSet<[u8; 3]> = (0..14)
+            .map(|si| colour_at(&img, l.bar_x(0, si, 14) + 1, y))
+            .collect();
+        assert_eq!(colours.len(), 14, "{colours:?}");
+        let all: std::collections::BTreeSet<[u8; 3]> = PALETTE.into_iter().collect();
+        assert_eq!(all.len(), PALETTE.len());
     }
 
     #[test]
