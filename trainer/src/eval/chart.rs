@@ -464,15 +464,30 @@ mod tests {
         img.get_pixel(x as u32, y as u32).0
     }
 
+    /// `n` series with the same (mean, se) in every group, labelled `"{label} {i}"`.
+    fn uniform_series(n: usize, label: &str, value: (f64, f64)) -> Vec<Series> {
+        (0..n)
+            .map(|i| Series {
+                label: format!("{label} {i}"),
+                values: vec![Some(value); 3],
+            })
+            .collect()
+    }
+
+    /// A chart titled "Scores" with an automatic y axis.
+    fn scores<'a>(groups: &'a [String], series: &'a [Series]) -> BarChart<'a> {
+        BarChart {
+            title: "Scores",
+            groups,
+            series,
+            y_max: None,
+        }
+    }
+
     #[test]
     fn size_and_bar_colours() {
         let (g, s) = (groups(), series());
-        let chart = BarChart {
-            title: "Scores",
-            groups: &g,
-            series: &s,
-            y_max: None,
-        };
+        let chart = scores(&g, &s);
         let img = chart.render().unwrap();
         let l = Layout::new(&chart).unwrap();
         assert_eq!((img.width(), img.height()), (480, 364));
@@ -501,19 +516,8 @@ mod tests {
     /// Up to 20 series (the toy table has 14 rows) each get their own bar colour.
     #[test]
     fn fourteen_series_get_fourteen_colours() {
-        let g = groups();
-        let s: Vec<Series> = (0..14)
-            .map(|i| Series {
-                label: format!("row {i}"),
-                values: vec![Some((0.5, 0.0)); 3],
-            })
-            .collect();
-        let chart = BarChart {
-            title: "Scores",
-            groups: &g,
-            series: &s,
-            y_max: None,
-        };
+        let (g, s) = (groups(), uniform_series(14, "row", (0.5, 0.0)));
+        let chart = scores(&g, &s);
         let img = chart.render().unwrap();
         let l = Layout::new(&chart).unwrap();
         let y = (l.y_px(0.5) + l.y_px(0.0)) / 2;
@@ -527,13 +531,10 @@ mod tests {
 
     #[test]
     fn legend_wraps_and_fits() {
-        let g = groups();
-        let s: Vec<Series> = (0..12)
-            .map(|i| Series {
-                label: format!("A rather long method name {i}"),
-                values: vec![Some((0.5, 0.1)); 3],
-            })
-            .collect();
+        let (g, s) = (
+            groups(),
+            uniform_series(12, "A rather long method name", (0.5, 0.1)),
+        );
         let chart = BarChart {
             title: "T",
             groups: &g,

@@ -21,7 +21,7 @@ pub fn tree_sha256(path: &Path) -> Result<String> {
     for (rel, sha) in runtime::manifest::file_hashes(path)? {
         hash.update(format!("{rel}\0{sha}\n"));
     }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(runtime::model_files::hex(&hash.finalize()))
 }
 
 /// Fingerprints of the inputs named in `named` (role → local path). Roles whose value is not a

@@ -221,7 +221,7 @@ mod tests {
                 h.update(world.render(&scene).as_raw());
             }
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        runtime::model_files::hex(&h.finalize())
     }
 
     /// The committed toy weights were trained on exactly this world: if this digest changes,
