@@ -396,7 +396,7 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
         "fit": fit,
         "eval": {"clip": towers.join("clip"), "dino": towers.join("dino-v1"), "seeds": [0], "prompts": 2},
         "methods": [
-            {"label": "EchoDistill"},
+            {"label": "EchoDistill", "cost": 3},
             {"label": "EchoDistill teacher", "reuse": "EchoDistill", "teacher": true, "steps": [2]},
             {"label": "w/o discriminators", "set": ["discriminators=[]"]},
             {"label": "Textual Inversion", "set": ["method=textual-inversion"]},
@@ -472,6 +472,10 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
     crate::fit::assert_refused(&early, "cells are not finished");
     let s0 = bench_table_cli(&path, &sharded, &["--shard", "0/2"]);
     assert!(s0.contains("--collect"), "{s0}");
+    // Dealt by cost (EchoDistill 3, the others 1): each shard gets one EchoDistill fit and
+    // three others, cost 6 of 12 (round-robin would give shard 0 both EchoDistill fits).
+    assert!(s0.contains("shard 0/2: 4 of 8 units, cost 6 of 12"), "{s0}");
+    assert_eq!(s0.matches("EchoDistill on").count(), 3, "{s0}");
     assert!(!sharded.join("metrics.csv").exists());
     bench_table_cli(&path, &sharded, &["--shard", "1/2"]);
     bench_table_cli(&path, &sharded, &["--collect"]);

@@ -3,8 +3,9 @@
 //! whether to evaluate the teacher) and subjects; every (fit, subject) unit trains once into
 //! `OUT/cells/<fit>/<subject>/run` and is evaluated into `…/eval-<method>`. Finished fits and
 //! evaluations are skipped, interrupted fits resume from their checkpoint. `--shard i/n` runs
-//! only units `k` with `k mod n = i`, so a Slurm job array or a Kubernetes indexed Job spreads
-//! the table over machines; `--collect` then merges every cell's scores into the table.
+//! only its share of the units (dealt by the methods' stated costs, round-robin without them),
+//! so a Slurm job array or a Kubernetes indexed Job spreads the table over machines;
+//! `--collect` then merges every cell's scores into the table.
 //! A cell whose run was trained with other settings than the manifest now gives (a changed
 //! learning rate, say) is refused by both, naming the settings, rather than silently reused;
 //! so are all cells when a model's bytes changed at the same path (`OUT/inputs.json` holds the
@@ -43,6 +44,11 @@ pub struct MethodEntry {
     /// Evaluate the run's teacher (DDIM with guidance) instead of its student.
     #[serde(default)]
     pub teacher: bool,
+    /// What one fit of this entry costs, with the evaluations that read it, relative to the
+    /// other entries (any unit: seconds on some machine, say); default 1. Used only to deal
+    /// the units evenly to `--shard`s; only training entries take one.
+    #[serde(default)]
+    pub cost: Option<f64>,
 }
 
 fn default_steps() -> Vec<usize> {
@@ -135,8 +141,8 @@ pub struct Unit {
     pub evals: Vec<usize>,
 }
 
-/// `i/n`: this process runs units `k` with `k mod n = i` (0-based, as Slurm's
-/// `SLURM_ARRAY_TASK_ID` and Kubernetes' `JOB_COMPLETION_INDEX`).
+/// `i/n`: this process runs the `i`-th of `n` shares of the units (0-based, as Slurm's
+/// `SLURM_ARRAY_TASK_ID` and Kubernetes' `JOB_COMPLETION_INDEX`); see [`Manifest::deal`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
     /// This shard, 0-based.
@@ -269,9 +275,56 @@ impl Manifest {
                     "methods: {:?} reuses {r:?}: reuse a training entry, and give `set` only there",
                     m.label
                 );
+                ensure!(
+                    m.cost.is_none(),
+                    "methods: {:?} reuses {r:?}: give `cost` only there (it covers the evaluations that reuse its run)",
+                    m.label
+                );
+            }
+            if let Some(c) = m.cost {
+                ensure!(
+                    c.is_finite() && c > 0.0,
+                    "methods: {:?} has cost {c}: give a positive number",
+                    m.label
+                );
             }
         }
         Ok(())
+    }
+
+    /// The units `shard` runs (every unit without one), in plan order. The units are dealt by
+    /// longest-processing-time first: heaviest cost first (plan order among equals), each to
+    /// the shard with the least cost so far (the lowest index among equals). Every shard
+    /// computes the same dealing from the manifest alone, so the shares are disjoint and cover
+    /// the plan; with no costs given this is round-robin, unit `k` to shard `k mod n`.
+    pub fn deal<'a>(&self, units: &'a [Unit], shard: Option<Shard>) -> Vec<&'a Unit> {
+        let Some(shard) = shard else {
+            return units.iter().collect();
+        };
+        let cost = |u: &Unit| self.methods[u.fit].cost.unwrap_or(1.0);
+        let mut heaviest: Vec<&Unit> = units.iter().collect();
+        heaviest.sort_by(|a, b| cost(b).total_cmp(&cost(a)).then(a.index.cmp(&b.index)));
+        let mut load = vec![0.0; shard.count];
+        let mut owner = BTreeMap::new();
+        for u in heaviest {
+            let lightest = (0..shard.count)
+                .reduce(|best, i| if load[i] < load[best] { i } else { best })
+                .unwrap_or(0);
+            load[lightest] += cost(u);
+            owner.insert(u.index, lightest);
+        }
+        units
+            .iter()
+            .filter(|u| owner.get(&u.index) == Some(&shard.index))
+            .collect()
+    }
+
+    /// The sum of `units`' costs (see [`MethodEntry::cost`]).
+    pub fn cost(&self, units: &[&Unit]) -> f64 {
+        units
+            .iter()
+            .map(|u| self.methods[u.fit].cost.unwrap_or(1.0))
+            .sum()
     }
 
     /// A smaller or adjusted table from the command line: other subjects, `fit` overrides
@@ -500,10 +553,19 @@ pub fn run_units(
     let bench = DreamBench::open(&manifest.dataset)?;
     let subjects = manifest.subjects(&bench)?;
     let units = manifest.plan(&subjects);
-    let mine: Vec<&Unit> = units
-        .iter()
-        .filter(|u| shard.is_none_or(|s| u.index % s.count == s.index))
-        .collect();
+    let mine = manifest.deal(&units, shard);
+    if let Some(s) = shard {
+        let all: Vec<&Unit> = units.iter().collect();
+        log(format!(
+            "shard {}/{}: {} of {} units, cost {} of {}",
+            s.index,
+            s.count,
+            mine.len(),
+            units.len(),
+            manifest.cost(&mine),
+            manifest.cost(&all)
+        ));
+    }
     refuse_stale_cells(manifest, &bench, out, &mine)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     manifest.check_inputs(out)?;
@@ -635,14 +697,80 @@ mod tests {
         let mut seen: Vec<usize> = (0..3)
             .flat_map(|i| {
                 let s = Shard { index: i, count: 3 };
-                units
-                    .iter()
-                    .filter(move |u| u.index % s.count == s.index)
-                    .map(|u| u.index)
+                m.deal(&units, Some(s)).into_iter().map(|u| u.index)
             })
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, [0, 1, 2, 3]);
+        assert_eq!(m.deal(&units, None).len(), 4);
+    }
+
+    fn dealt(m: &Manifest, units: &[Unit], count: usize) -> Vec<Vec<usize>> {
+        (0..count)
+            .map(|index| {
+                let share = m.deal(units, Some(Shard { index, count }));
+                share.into_iter().map(|u| u.index).collect()
+            })
+            .collect()
+    }
+
+    /// Without costs the units go round-robin (what `--shard` did before costs existed, so
+    /// half-run tables keep their shares); with costs the heaviest go first, each to the
+    /// lightest shard.
+    #[test]
+    fn shards_are_dealt_round_robin_or_by_cost() {
+        let mut m = manifest();
+        let units = m.plan(&["dog".into(), "can".into(), "cat".into()]);
+        for count in 1..=4 {
+            let round_robin: Vec<Vec<usize>> = (0..count)
+                .map(|i| (0..units.len()).filter(|k| k % count == i).collect())
+                .collect();
+            assert_eq!(dealt(&m, &units, count), round_robin, "{count} shards");
+        }
+        // Units alternate EchoDistill (cost 3) and w/o discriminators (1) over three subjects:
+        // 3,1,3,1,3,1. Heaviest first: 0 -> s0, 2 -> s1, 4 -> s0 (3 = 3, lower index); then the
+        // 1s: 1 -> s1 (3 < 6), 3 -> s1 (4 < 6), 5 -> s1 (5 < 6). Round-robin would give s0 all
+        // three 3s.
+        m.methods[0].cost = Some(3.0);
+        m.methods[2].cost = Some(1.0);
+        m.check().unwrap();
+        assert_eq!(dealt(&m, &units, 2), [vec![0, 4], vec![1, 2, 3, 5]]);
+        let shares: Vec<&Unit> = m.deal(&units, Some(Shard { index: 1, count: 2 }));
+        assert_eq!(m.cost(&shares), 6.0);
+    }
+
+    #[test]
+    fn costs_are_positive_and_only_on_training_entries() {
+        let mut m = manifest();
+        m.methods[1].cost = Some(2.0);
+        let e = m.check().unwrap_err().to_string();
+        assert!(
+            e.contains("EchoDistill teacher") && e.contains("cost"),
+            "{e}"
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let mut m = manifest();
+            m.methods[0].cost = Some(bad);
+            let e = m.check().unwrap_err().to_string();
+            assert!(e.contains("positive"), "{bad}: {e}");
+        }
+    }
+
+    /// The committed toy manifest states a cost for every fit, and two shards of one subject
+    /// get nearly the same work (round-robin gave one shard 1.5 times the other's).
+    #[test]
+    fn the_toy_manifest_deals_one_subject_evenly_to_two_shards() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toy/bench-table.yaml");
+        let m = Manifest::load(&path).unwrap();
+        let units = m.plan(&["badge_01".into()]);
+        assert!(units.iter().all(|u| m.methods[u.fit].cost.is_some()));
+        let loads: Vec<f64> = (0..2)
+            .map(|index| m.cost(&m.deal(&units, Some(Shard { index, count: 2 }))))
+            .collect();
+        let all: Vec<&Unit> = units.iter().collect();
+        assert_eq!(loads[0] + loads[1], m.cost(&all));
+        let (lo, hi) = (loads[0].min(loads[1]), loads[0].max(loads[1]));
+        assert!(hi / lo < 1.05, "{loads:?}");
     }
 
     #[test]
