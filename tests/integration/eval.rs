@@ -533,17 +533,11 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let other_models = tests::run_binary(
-        "trainer",
+    let other_models = tests::merge_tables(
+        &dir.path().join("mixed"),
         &[
-            "merge-tables",
-            "--out",
-            dir.path().join("mixed").to_str().unwrap(),
-            whole
-                .join("cells/echodistill/can/eval-echodistill")
-                .to_str()
-                .unwrap(),
-            rescored.to_str().unwrap(),
+            whole.join("cells/echodistill/can/eval-echodistill"),
+            rescored,
         ],
     );
     crate::fit::assert_refused(&other_models, "was scored on other inputs than");
@@ -571,13 +565,7 @@ fn merge_tables_rebuild_the_table_from_its_cells(whole: &Path) {
     assert_eq!(cells.len(), 10);
     cells.sort();
     let merged = whole.parent().unwrap().join("merged");
-    let merge = |inputs: &[String]| {
-        let mut args = vec!["merge-tables".to_string(), "--out".into()];
-        args.push(merged.display().to_string());
-        args.extend(inputs.iter().cloned());
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        tests::run_binary("trainer", &refs)
-    };
+    let merge = |inputs: &[String]| tests::merge_tables(&merged, inputs);
     let out = merge(&cells);
     assert!(
         out.status.success(),

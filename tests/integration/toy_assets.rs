@@ -223,11 +223,8 @@ fn committed_toy_tables_record_the_committed_models_and_merge() {
         assert_eq!(subjects, &[serde_json::json!(stem)], "{}", table.display());
     }
     let out = tempfile::tempdir().unwrap();
-    let mut args = vec!["merge-tables".to_string()];
-    args.extend(tables.iter().map(|t| t.display().to_string()));
-    args.extend(["--out".to_string(), out.path().display().to_string()]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    tests::run_binary_ok("trainer", &refs);
+    let o = tests::merge_tables(out.path(), &tables);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let merged: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("metrics.json")).unwrap()).unwrap();
     assert_eq!(
