@@ -301,16 +301,19 @@ impl Manifest {
         let Some(shard) = shard else {
             return units.iter().collect();
         };
-        let cost = |u: &Unit| self.methods[u.fit].cost.unwrap_or(1.0);
         let mut heaviest: Vec<&Unit> = units.iter().collect();
-        heaviest.sort_by(|a, b| cost(b).total_cmp(&cost(a)).then(a.index.cmp(&b.index)));
+        heaviest.sort_by(|a, b| {
+            self.unit_cost(b)
+                .total_cmp(&self.unit_cost(a))
+                .then(a.index.cmp(&b.index))
+        });
         let mut load = vec![0.0; shard.count];
         let mut owner = BTreeMap::new();
         for u in heaviest {
             let lightest = (0..shard.count)
                 .reduce(|best, i| if load[i] < load[best] { i } else { best })
                 .unwrap_or(0);
-            load[lightest] += cost(u);
+            load[lightest] += self.unit_cost(u);
             owner.insert(u.index, lightest);
         }
         units
@@ -319,12 +322,14 @@ impl Manifest {
             .collect()
     }
 
-    /// The sum of `units`' costs (see [`MethodEntry::cost`]).
-    pub fn cost(&self, units: &[&Unit]) -> f64 {
-        units
-            .iter()
-            .map(|u| self.methods[u.fit].cost.unwrap_or(1.0))
-            .sum()
+    /// What `unit` costs: its training entry's [`MethodEntry::cost`], 1 when not given.
+    fn unit_cost(&self, unit: &Unit) -> f64 {
+        self.methods[unit.fit].cost.unwrap_or(1.0)
+    }
+
+    /// The sum of `units`' costs.
+    pub fn cost<'a>(&self, units: impl IntoIterator<Item = &'a Unit>) -> f64 {
+        units.into_iter().map(|u| self.unit_cost(u)).sum()
     }
 
     /// A smaller or adjusted table from the command line: other subjects, `fit` overrides
@@ -555,15 +560,14 @@ pub fn run_units(
     let units = manifest.plan(&subjects);
     let mine = manifest.deal(&units, shard);
     if let Some(s) = shard {
-        let all: Vec<&Unit> = units.iter().collect();
         log(format!(
             "shard {}/{}: {} of {} units, cost {} of {}",
             s.index,
             s.count,
             mine.len(),
             units.len(),
-            manifest.cost(&mine),
-            manifest.cost(&all)
+            manifest.cost(mine.iter().copied()),
+            manifest.cost(&units)
         ));
     }
     refuse_stale_cells(manifest, &bench, out, &mine)?;
@@ -735,8 +739,10 @@ mod tests {
         m.methods[2].cost = Some(1.0);
         m.check().unwrap();
         assert_eq!(dealt(&m, &units, 2), [vec![0, 4], vec![1, 2, 3, 5]]);
-        let shares: Vec<&Unit> = m.deal(&units, Some(Shard { index: 1, count: 2 }));
-        assert_eq!(m.cost(&shares), 6.0);
+        assert_eq!(
+            m.cost(m.deal(&units, Some(Shard { index: 1, count: 2 }))),
+            6.0
+        );
     }
 
     #[test]
@@ -757,7 +763,7 @@ mod tests {
     }
 
     /// The committed toy manifest states a cost for every fit, and two shards of one subject
-    /// get nearly the same work (round-robin gave one shard 1.5 times the other's).
+    /// get nearly the same work (round-robin gave one shard 1.4 times the other's).
     #[test]
     fn the_toy_manifest_deals_one_subject_evenly_to_two_shards() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toy/bench-table.yaml");
@@ -765,10 +771,9 @@ mod tests {
         let units = m.plan(&["badge_01".into()]);
         assert!(units.iter().all(|u| m.methods[u.fit].cost.is_some()));
         let loads: Vec<f64> = (0..2)
-            .map(|index| m.cost(&m.deal(&units, Some(Shard { index, count: 2 }))))
+            .map(|index| m.cost(m.deal(&units, Some(Shard { index, count: 2 }))))
             .collect();
-        let all: Vec<&Unit> = units.iter().collect();
-        assert_eq!(loads[0] + loads[1], m.cost(&all));
+        assert_eq!(loads[0] + loads[1], m.cost(&units));
         let (lo, hi) = (loads[0].min(loads[1]), loads[0].max(loads[1]));
         assert!(hi / lo < 1.05, "{loads:?}");
     }
