@@ -123,10 +123,11 @@ pub fn run_binary_ok(name: &str, args: &[&str]) -> String {
     stdout
 }
 
-/// `trainer merge-tables --out OUT TABLE...`: its outcome (tests check refusals too).
-pub fn merge_tables<P: AsRef<Path>>(out: &Path, tables: &[P]) -> Output {
+/// `trainer merge-tables --out OUT [EXTRA...] TABLE...`: its outcome (tests check refusals too).
+pub fn merge_tables<P: AsRef<Path>>(out: &Path, tables: &[P], extra: &[&str]) -> Output {
     let mut args = vec!["merge-tables".to_string(), "--out".into()];
     args.push(out.display().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(tables.iter().map(|t| t.as_ref().display().to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     run_binary("trainer", &refs)

@@ -539,6 +539,7 @@ fn bench_table_runs_fit_eval_table_resumes_and_shards_to_the_same_table() {
             whole.join("cells/echodistill/can/eval-echodistill"),
             rescored,
         ],
+        &[],
     );
     crate::fit::assert_refused(&other_models, "was scored on other inputs than");
 }
@@ -565,7 +566,7 @@ fn merge_tables_rebuild_the_table_from_its_cells(whole: &Path) {
     assert_eq!(cells.len(), 10);
     cells.sort();
     let merged = whole.parent().unwrap().join("merged");
-    let merge = |inputs: &[String]| tests::merge_tables(&merged, inputs);
+    let merge = |inputs: &[String]| tests::merge_tables(&merged, inputs, &[]);
     let out = merge(&cells);
     assert!(
         out.status.success(),

@@ -223,10 +223,12 @@ fn committed_toy_tables_record_the_committed_models_and_merge() {
         assert_eq!(subjects, &[serde_json::json!(stem)], "{}", table.display());
     }
     let out = tempfile::tempdir().unwrap();
-    let o = tests::merge_tables(out.path(), &tables);
+    let o = tests::merge_tables(out.path(), &tables, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let merged: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("metrics.json")).unwrap()).unwrap();
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.path().join("metrics.json")).unwrap()).unwrap()
+    };
+    let merged = read();
     assert_eq!(
         merged["meta"]["subjects"].as_array().unwrap().len(),
         tables.len()
@@ -236,4 +238,56 @@ fn committed_toy_tables_record_the_committed_models_and_merge() {
         merged["meta"]["inputs"],
         serde_json::to_value(&now).unwrap()
     );
+    committed_tables_compare_rows_subject_by_subject(out.path(), &tables, &merged);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("### Paired by subject"), "{stdout}");
+    // Any row may be the reference; a name that is no row is refused with the rows listed.
+    let o = tests::merge_tables(out.path(), &tables, &["--reference", "LoRA@1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read()["paired"]["reference"], "LoRA");
+    let o = tests::merge_tables(out.path(), &tables, &["--reference", "LoRA@4"]);
+    crate::fit::assert_refused(&o, "--reference \"LoRA@4\" names no row of the table");
+}
+
+/// The merged toy table compares every row with the manifest's first (EchoDistill's one-step
+/// student) over all its subjects: the per-subject differences, recomputed here from the rows,
+/// give `paired`'s means and counts, and metrics.md shows them.
+fn committed_tables_compare_rows_subject_by_subject(
+    out: &Path,
+    tables: &[PathBuf],
+    merged: &serde_json::Value,
+) {
+    let rows = merged["rows"].as_array().unwrap();
+    let paired = &merged["paired"];
+    assert_eq!(paired["reference"], rows[0]["label"]);
+    assert_eq!(paired["reference"], "EchoDistill (distillation)");
+    let compared = paired["rows"].as_array().unwrap();
+    assert_eq!(compared.len(), rows.len() - 1);
+    for (c, row) in compared.iter().zip(&rows[1..]) {
+        assert_eq!((&c["label"], &c["steps"]), (&row["label"], &row["steps"]));
+        for metric in ["clip_t", "clip_i", "dino"] {
+            let d: Vec<f64> = rows[0]["subjects"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(s, m)| {
+                    m[metric]["mean"].as_f64().unwrap()
+                        - row["subjects"][s][metric]["mean"].as_f64().unwrap()
+                })
+                .collect();
+            assert_eq!(d.len(), tables.len());
+            let got = &c[metric];
+            assert_eq!(got["n"], tables.len());
+            let mean = d.iter().sum::<f64>() / d.len() as f64;
+            assert!((got["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+            let higher = d.iter().filter(|x| **x > 0.0).count();
+            assert_eq!(got["higher"], higher, "{} {metric}", row["label"]);
+        }
+    }
+    let md = std::fs::read_to_string(out.join("metrics.md")).unwrap();
+    assert!(
+        md.contains("### Paired by subject: EchoDistill (distillation) (1 step) minus each row"),
+        "{md}"
+    );
+    assert!(md.contains("| LoRA | 1 | "), "{md}");
 }

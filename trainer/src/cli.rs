@@ -170,6 +170,11 @@ pub struct MergeTablesArgs {
     /// The folder to write metrics.md, metrics.csv, metrics.json and metrics.png into.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// The row every other row is compared with, subject by subject (mean difference ± its
+    /// standard error over subjects, and on how many subjects it is higher): a method's label,
+    /// or LABEL@STEPS. Default: the table's first row.
+    #[arg(long, value_name = "LABEL")]
+    pub reference: Option<String>,
 }
 
 /// What `trainer eval` and `trainer bench-eval` share: the dataset, the backbones, the protocol.

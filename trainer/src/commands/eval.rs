@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use trainer::eval::bench_table::{collect, run_units, Manifest};
 use trainer::eval::evaluate_into;
+use trainer::eval::paired;
 use trainer::eval::protocol::EvalSettings;
 use trainer::eval::table::summary_markdown;
 
@@ -112,6 +113,9 @@ pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
     }
     let rows = collect(&manifest, &args.out)?;
     println!("{}", summary_markdown(&rows, &[]).trim_end());
+    if let Some(p) = paired::compare(&rows, 0) {
+        println!("{}", p.markdown().trim_end());
+    }
     println!(
         "wrote {}: metrics.md, metrics.csv, metrics.json, metrics.png",
         args.out.display()
@@ -121,8 +125,12 @@ pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
 
 /// `trainer merge-tables`: one table from tables of disjoint subjects.
 pub fn merge_tables(args: &MergeTablesArgs) -> Result<()> {
-    let rows = trainer::eval::merge::merge_files(&args.tables, &args.out)?;
+    let (rows, paired) =
+        trainer::eval::merge::merge_files(&args.tables, &args.out, args.reference.as_deref())?;
     println!("{}", summary_markdown(&rows, &[]).trim_end());
+    if let Some(p) = paired {
+        println!("{}", p.markdown().trim_end());
+    }
     println!(
         "wrote {}: metrics.md, metrics.csv, metrics.json, metrics.png",
         args.out.display()

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::paired::{self, Paired};
 use super::table::{write_tables, Metrics, TableRow};
 
 /// Merges tables of disjoint subjects (separate `trainer eval` or `bench-table` outputs) into
@@ -154,8 +155,14 @@ fn metrics_file(path: &Path) -> PathBuf {
 
 /// Merges the `metrics.json` of `inputs` (files or folders) into `out`'s `metrics.*`. The
 /// inputs must share the protocol (prompts per subject and seeds): pooling images of other
-/// protocols would make a number no protocol gives.
-pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
+/// protocols would make a number no protocol gives. Every row is compared subject by subject
+/// with the row `reference` names ([`paired::find_reference`]; default the first row): the
+/// merged rows and that comparison (none when no row shares two subjects with it) come back.
+pub fn merge_files(
+    inputs: &[PathBuf],
+    out: &Path,
+    reference: Option<&str>,
+) -> Result<(Vec<TableRow>, Option<Paired>)> {
     let mut tables = Vec::new();
     let mut protocol: Option<(String, serde_json::Value, serde_json::Value)> = None;
     let mut seen_inputs = SeenInputs::default();
@@ -182,6 +189,10 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
         bail!("no tables to merge: name at least one metrics.json");
     };
     let rows = merge(&tables)?;
+    let reference = match reference {
+        Some(spec) => paired::find_reference(&rows, spec)?,
+        None => 0,
+    };
     let subjects: std::collections::BTreeSet<&String> =
         rows.iter().flat_map(|r| r.subjects.keys()).collect();
     let note = format!(
@@ -200,8 +211,9 @@ pub fn merge_files(inputs: &[PathBuf], out: &Path) -> Result<Vec<TableRow>> {
         meta["inputs"] = serde_json::to_value(inputs)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    write_tables(&rows, out, meta, &[note], "DreamBench table")?;
-    Ok(rows)
+    write_tables(&rows, out, meta, &[note], "DreamBench table", reference)?;
+    let paired = paired::compare(&rows, reference);
+    Ok((rows, paired))
 }
 
 #[cfg(test)]

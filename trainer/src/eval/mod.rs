@@ -12,6 +12,7 @@ pub mod fingerprint;
 pub mod gallery;
 pub mod merge;
 pub mod metrics;
+pub mod paired;
 pub mod protocol;
 pub mod table;
 
@@ -71,14 +72,14 @@ pub fn evaluate_into(
         prompts,
         &seeds,
     )];
-    table::write_tables(&rows, out, meta, &notes, "DreamBench")?;
+    table::write_tables(&rows, out, meta, &notes, "DreamBench", 0)?;
     gallery::write_gallery(
         out,
         &outcome.records,
         "DreamBench evaluation",
         vec![
             ("run".into(), run.display().to_string()),
-            ("table".into(), table::to_markdown(&rows, &notes)),
+            ("table".into(), table::to_markdown(&rows, &notes, 0)),
         ],
         format!("{settings:#?}"),
     )?;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chart::{BarChart, Series};
 use super::metrics::Stat;
+use super::paired;
 use super::protocol::ScoreRecord;
 use crate::checkpoint::write_text_atomic;
 use crate::sampling::write_png;
@@ -198,9 +199,13 @@ pub fn summary_markdown(rows: &[TableRow], notes: &[String]) -> String {
     out
 }
 
-/// `metrics.md`: [`summary_markdown`], then the same numbers per subject.
-pub fn to_markdown(rows: &[TableRow], notes: &[String]) -> String {
+/// `metrics.md`: [`summary_markdown`], the rows against `rows[reference]` subject by subject
+/// ([`super::paired`], when they share subjects), then the same numbers per subject.
+pub fn to_markdown(rows: &[TableRow], notes: &[String], reference: usize) -> String {
     let mut out = summary_markdown(rows, notes);
+    if let Some(p) = paired::compare(rows, reference) {
+        out.push_str(&p.markdown());
+    }
     out.push_str(
         "\n### Per subject\n\n| Subject | Method | Steps | CLIP-T | CLIP-I | DINO | Images | CLIP-self |\n",
     );
@@ -300,22 +305,30 @@ pub fn read_scores(path: &Path) -> Result<Vec<ScoreRecord>> {
         .collect()
 }
 
-/// Writes `metrics.csv`, `metrics.json` (rows plus `meta`), `metrics.md` and `metrics.png`
-/// into `dir`.
+/// Writes `metrics.csv`, `metrics.json` (rows, `meta`, and `paired`: every row against
+/// `rows[reference]` subject by subject, when they share subjects), `metrics.md` and
+/// `metrics.png` into `dir`.
 pub fn write_tables(
     rows: &[TableRow],
     dir: &Path,
     meta: serde_json::Value,
     notes: &[String],
     title: &str,
+    reference: usize,
 ) -> Result<()> {
     write_text_atomic(&dir.join("metrics.csv"), &to_csv(rows))?;
-    let json = serde_json::json!({ "meta": meta, "rows": rows });
+    let mut json = serde_json::json!({ "meta": meta, "rows": rows });
+    if let Some(p) = paired::compare(rows, reference) {
+        json["paired"] = serde_json::to_value(p)?;
+    }
     write_text_atomic(
         &dir.join("metrics.json"),
         &serde_json::to_string_pretty(&json)?,
     )?;
-    write_text_atomic(&dir.join("metrics.md"), &to_markdown(rows, notes))?;
+    write_text_atomic(
+        &dir.join("metrics.md"),
+        &to_markdown(rows, notes, reference),
+    )?;
     write_png(&chart(rows, title)?, &dir.join("metrics.png"))
 }
 
@@ -360,7 +373,7 @@ pub(crate) mod tests {
         assert_eq!(rows[0].overall.clip_t.n, 3);
         assert!((rows[0].subjects["dog"].clip_t.mean - 0.2).abs() < 1e-12);
         assert!((rows[0].subjects["dog"].dino.mean - 0.4).abs() < 1e-12);
-        let md = to_markdown(&rows, &[]);
+        let md = to_markdown(&rows, &[], 0);
         assert!(md.contains("| A | 1 | 0.300 ± 0.115 |"), "{md}");
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 1 + 3 + 2 + 2);
