@@ -251,7 +251,7 @@ fn committed_toy_tables_record_the_committed_models_and_merge() {
 
 /// The merged toy table compares every row with the manifest's first (EchoDistill's one-step
 /// student) over all its subjects: the per-subject differences, recomputed here from the rows,
-/// give `paired`'s means and counts, and metrics.md shows them.
+/// give `paired`'s means and counts; metrics.md shows them and paired.png draws them.
 fn committed_tables_compare_rows_subject_by_subject(
     out: &Path,
     tables: &[PathBuf],
@@ -290,4 +290,5 @@ fn committed_tables_compare_rows_subject_by_subject(
         "{md}"
     );
     assert!(md.contains("| LoRA | 1 | "), "{md}");
+    assert!(out.join("paired.png").is_file());
 }

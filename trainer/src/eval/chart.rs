@@ -23,6 +23,10 @@ pub struct BarChart<'a> {
     pub series: &'a [Series],
     /// Top of the y axis; `None` picks a nice value above the largest mean + se (at least 0.1).
     pub y_max: Option<f64>,
+    /// Values may be negative (differences): the axis then reaches down past the lowest
+    /// mean − se, bars hang from a zero line. When false, the axis starts at 0 and negative
+    /// values sit on it.
+    pub signed: bool,
 }
 
 // Tableau-10 style palette, then ten more from Tableau-20 not already in it: the toy table has
@@ -152,6 +156,8 @@ struct Layout {
     group_w: f64,
     bar_w: i64,
     y_top: f64,
+    /// Bottom of the y axis: 0, or a negative multiple of `step` for a signed chart.
+    y_bottom: f64,
     step: f64,
     ticks: usize,
     legend: Vec<Vec<usize>>, // series indices per legend line
@@ -167,7 +173,7 @@ impl Layout {
         if ns == 0 {
             return Err("bar chart has no series".into());
         }
-        let mut data_max = f64::NEG_INFINITY;
+        let (mut data_max, mut data_min) = (f64::NEG_INFINITY, f64::INFINITY);
         for s in chart.series {
             if s.values.len() != ng {
                 return Err(format!(
@@ -196,17 +202,32 @@ impl Layout {
                     ));
                 }
                 data_max = data_max.max(mean + se);
+                data_min = data_min.min(mean - se);
             }
         }
+        // How far below zero a signed axis must reach; unsigned charts keep their 0 bottom.
+        let below = if chart.signed {
+            (-data_min).max(0.0)
+        } else {
+            0.0
+        };
         // Ticks: 5–6 of them from 0. An explicit top is kept as is; an automatic one is
         // rounded up to the last tick so the axis ends on a labelled value.
-        let (y_top, step, intervals) = match chart.y_max {
+        let (y_top, step, mut intervals) = match chart.y_max {
             Some(y) if !(y.is_finite() && y > 0.0) => {
                 return Err(format!("y_max must be finite and > 0, got {y}"));
             }
             Some(y) => {
                 let step = pick_step(y / 5.0, |s| (4.0..6.0).contains(&(y / s + 1e-9).floor()));
                 (y, step, (y / step + 1e-9).floor() as usize)
+            }
+            None if below > 0.0 => {
+                // Ticks on both sides of zero, 4–6 intervals in all.
+                let top = data_max.max(0.0);
+                let count = |s: f64| (top / s - 1e-9).ceil() + (below / s - 1e-9).ceil();
+                let step = pick_step((top + below) / 5.0, |s| (4.0..=6.0).contains(&count(s)));
+                let n = (top / step - 1e-9).ceil().max(0.0);
+                (n * step, step, n as usize)
             }
             None => {
                 let m = data_max.max(0.1);
@@ -215,9 +236,12 @@ impl Layout {
                 (n * step, step, n as usize)
             }
         };
+        let n_below = (below / step - 1e-9).ceil().max(0.0) as usize;
+        let y_bottom = -(n_below as f64) * step;
+        intervals += n_below;
         let d = decimals(step);
         let tick_w = (0..=intervals)
-            .map(|i| text_width(&format!("{:.d$}", i as f64 * step), 1))
+            .map(|i| text_width(&format!("{:.d$}", y_bottom + i as f64 * step), 1))
             .max();
         let left = 12 + tick_w.unwrap_or(0) as i64 + 8;
         // Grow the width so bars, group labels, the title and every legend item fit.
@@ -269,6 +293,7 @@ impl Layout {
             group_w,
             bar_w,
             y_top,
+            y_bottom,
             step,
             ticks: intervals + 1,
             legend,
@@ -276,9 +301,10 @@ impl Layout {
         })
     }
 
-    /// y pixel of value `v`, clamped to the plot area (so negative values sit on the axis).
+    /// y pixel of value `v`, clamped to the plot area (so, unsigned, negative values sit on the
+    /// axis).
     fn y_px(&self, v: f64) -> i64 {
-        let f = (v / self.y_top).clamp(0.0, 1.0);
+        let f = ((v - self.y_bottom) / (self.y_top - self.y_bottom)).clamp(0.0, 1.0);
         PLOT_TOP + PLOT_H - (f * PLOT_H as f64).round() as i64
     }
 
@@ -298,6 +324,8 @@ impl BarChart<'_> {
         let mut img = RgbImage::from_pixel(l.width, l.height, WHITE);
         let (w, right) = (l.width as i64, l.width as i64 - RIGHT);
         let axis_y = PLOT_TOP + PLOT_H;
+        // Bars stand on (or, signed, hang from) the zero line; it is the plot's bottom unsigned.
+        let zero_y = l.y_px(0.0);
         draw_text(
             &mut img,
             (w - text_width(self.title, 2) as i64) / 2,
@@ -309,7 +337,7 @@ impl BarChart<'_> {
 
         let d = decimals(l.step);
         for i in 0..l.ticks {
-            let v = i as f64 * l.step;
+            let v = l.y_bottom + i as f64 * l.step;
             let y = l.y_px(v);
             fill(&mut img, l.left, y, right, y + 1, GRID);
             fill(&mut img, l.left - 4, y, l.left, y + 1, AXIS);
@@ -341,19 +369,19 @@ impl BarChart<'_> {
                 };
                 let x0 = l.bar_x(g, s, ns);
                 let (bx0, bx1) = (x0 + 1, x0 + l.bar_w - 1); // 1px gap between neighbouring bars
-                let top = l.y_px(mean);
+                let end = l.y_px(mean);
                 fill(
                     &mut img,
                     bx0,
-                    top,
+                    end.min(zero_y),
                     bx1,
-                    axis_y,
+                    end.max(zero_y),
                     Rgb(PALETTE[s % PALETTE.len()]),
                 );
-                // Error bar clamped to the plot; skipped when it lies entirely below zero.
+                // Error bar clamped to the plot; skipped when it lies entirely below the axis.
                 let (e_hi, e_lo) = (l.y_px(mean + se), l.y_px(mean - se));
                 let cx = (bx0 + bx1) / 2;
-                if se > 0.0 && mean + se > 0.0 {
+                if se > 0.0 && mean + se > l.y_bottom {
                     let cap = (l.bar_w / 4).clamp(1, 6);
                     fill(&mut img, cx, e_hi, cx + 1, e_lo + 1, ERR);
                     fill(&mut img, cx - cap, e_hi, cx + cap + 1, e_hi + 1, ERR);
@@ -362,12 +390,17 @@ impl BarChart<'_> {
                 let label = fmt_value(mean);
                 let tw = text_width(&label, 1) as i64;
                 if bx1 - bx0 >= tw {
-                    let ty = (top.min(e_hi) - 10).max(28); // never into the title
+                    let ty = if mean < 0.0 && self.signed {
+                        // Under a hanging bar and its error bar, above the group labels.
+                        (end.max(e_lo) + 4).min(axis_y - 8)
+                    } else {
+                        (end.min(e_hi) - 10).max(28) // never into the title
+                    };
                     draw_text(&mut img, cx - tw / 2, ty, &label, 1, TEXT);
                 }
             }
         }
-        fill(&mut img, l.left, axis_y, right, axis_y + 1, AXIS);
+        fill(&mut img, l.left, zero_y, right, zero_y + 1, AXIS);
 
         // Legend box centred below the plot, one row of items per wrapped line.
         let (box_w, box_h) = (
@@ -481,6 +514,7 @@ mod tests {
             groups,
             series,
             y_max: None,
+            signed: false,
         }
     }
 
@@ -513,6 +547,68 @@ mod tests {
         }
     }
 
+    /// A signed chart reaches below zero: negative bars hang from the zero line (their colour
+    /// below it, none above), positive ones stand on it, and the ticks cover both sides.
+    #[test]
+    fn signed_bars_hang_below_the_zero_line() {
+        let g = groups();
+        let s = [
+            Series {
+                label: "up".into(),
+                values: vec![Some((0.12, 0.03)), Some((0.05, 0.0)), None],
+            },
+            Series {
+                label: "down".into(),
+                values: vec![Some((-0.07, 0.02)), Some((-0.01, 0.0)), None],
+            },
+        ];
+        let chart = BarChart {
+            title: "Differences",
+            groups: &g,
+            series: &s,
+            y_max: None,
+            signed: true,
+        };
+        let img = chart.render().unwrap();
+        let l = Layout::new(&chart).unwrap();
+        assert!(
+            l.y_bottom < -0.089 && l.y_top > 0.149,
+            "{} {}",
+            l.y_bottom,
+            l.y_top
+        );
+        assert!((4..=7).contains(&l.ticks), "{}", l.ticks);
+        // Ticks fall on zero: the zero line is one of them.
+        assert!((l.y_bottom / l.step - (l.y_bottom / l.step).round()).abs() < 1e-9);
+        let zero = l.y_px(0.0);
+        assert!(zero > PLOT_TOP && zero < PLOT_TOP + PLOT_H);
+        let x_up = l.bar_x(0, 0, 2) + l.bar_w / 2 - 4;
+        let x_down = l.bar_x(0, 1, 2) + l.bar_w / 2 - 4;
+        assert_eq!(colour_at(&img, x_up, (zero + l.y_px(0.12)) / 2), PALETTE[0]);
+        assert_eq!(
+            colour_at(&img, x_down, (zero + l.y_px(-0.07)) / 2),
+            PALETTE[1]
+        );
+        for y in PLOT_TOP..zero {
+            assert_ne!(colour_at(&img, x_down, y), PALETTE[1], "above zero at {y}");
+        }
+        for y in zero + 1..PLOT_TOP + PLOT_H {
+            assert_ne!(colour_at(&img, x_up, y), PALETTE[0], "below zero at {y}");
+        }
+        assert_eq!(colour_at(&img, l.left + 2, zero), [90, 90, 90]);
+        // The same values unsigned: the axis starts at 0 and the negative bars are flat.
+        let flat = BarChart {
+            signed: false,
+            ..chart
+        };
+        let l = Layout::new(&flat).unwrap();
+        assert_eq!(l.y_bottom, 0.0);
+        let img = flat.render().unwrap();
+        for y in PLOT_TOP..PLOT_TOP + PLOT_H {
+            assert_ne!(colour_at(&img, x_down, y), PALETTE[1]);
+        }
+    }
+
     /// Up to 20 series (the toy table has 14 rows) each get their own bar colour.
     #[test]
     fn fourteen_series_get_fourteen_colours() {
@@ -540,6 +636,7 @@ mod tests {
             groups: &g,
             series: &s,
             y_max: Some(1.0),
+            signed: false,
         };
         let l = Layout::new(&chart).unwrap();
         assert!(l.legend.len() > 1);
@@ -557,6 +654,7 @@ mod tests {
                 groups,
                 series,
                 y_max,
+                signed: false,
             }
             .render()
             .unwrap_err()
@@ -622,6 +720,7 @@ mod tests {
             groups: &g,
             series: &s,
             y_max: None,
+            signed: false,
         }
         .render()
         .unwrap();

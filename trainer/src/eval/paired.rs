@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use super::chart::{BarChart, Series};
 use super::metrics::Stat;
 use super::table::{Metrics, TableRow};
 
@@ -146,6 +147,39 @@ pub fn find_reference(rows: &[TableRow], spec: &str) -> Result<usize> {
 }
 
 impl Paired {
+    /// A bar chart of the differences: one group per metric, one bar per compared row, error
+    /// bars one standard error over subjects; bars above zero are where the reference leads.
+    pub fn chart(&self) -> Result<image::RgbImage> {
+        let groups = ["CLIP-T".to_string(), "CLIP-I".into(), "DINO".into()];
+        let series: Vec<Series> = self
+            .rows
+            .iter()
+            .map(|c| Series {
+                label: format!("{} ({} step{})", c.label, c.steps, plural(c.steps)),
+                values: [c.clip_t, c.clip_i, c.dino]
+                    .iter()
+                    .map(|d| d.mean.is_finite().then_some((d.mean, d.se.max(0.0))))
+                    .collect(),
+            })
+            .collect();
+        let subjects = self.rows.iter().map(|c| c.clip_i.n).max().unwrap_or(0);
+        let title = format!(
+            "{} ({} step{}) minus each row, {subjects} subjects",
+            self.reference,
+            self.steps,
+            plural(self.steps)
+        );
+        BarChart {
+            title: &title,
+            groups: &groups,
+            series: &series,
+            y_max: None,
+            signed: true,
+        }
+        .render()
+        .map_err(|e| anyhow::anyhow!("paired chart: {e}"))
+    }
+
     /// A markdown section: one line per compared row, each metric's mean difference ± its
     /// standard error over subjects and on how many subjects the reference is higher.
     pub fn markdown(&self) -> String {
@@ -153,7 +187,7 @@ impl Paired {
             "\n### Paired by subject: {} ({} step{}) minus each row\n\n",
             self.reference,
             self.steps,
-            if self.steps == 1 { "" } else { "s" }
+            plural(self.steps)
         );
         out.push_str(
             "Per subject, the reference row's mean minus the other row's; then the mean ± standard \
@@ -176,6 +210,14 @@ impl Paired {
             );
         }
         out
+    }
+}
+
+fn plural(steps: usize) -> &'static str {
+    if steps == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
@@ -249,6 +291,8 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("| Lone |"), "{md}");
+        let img = p.chart().unwrap();
+        assert!(img.width() >= 480 && img.height() > 300);
 
         // Against another reference, the signs turn.
         let q = compare(&rows, 1).unwrap();

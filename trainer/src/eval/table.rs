@@ -250,6 +250,7 @@ pub fn chart(rows: &[TableRow], title: &str) -> Result<image::RgbImage> {
         groups: &groups,
         series: &series,
         y_max: Some(1.0),
+        signed: false,
     }
     .render()
     .map_err(|e| anyhow::anyhow!("drawing the metrics chart: {e}"))
@@ -306,8 +307,8 @@ pub fn read_scores(path: &Path) -> Result<Vec<ScoreRecord>> {
 }
 
 /// Writes `metrics.csv`, `metrics.json` (rows, `meta`, and `paired`: every row against
-/// `rows[reference]` subject by subject, when they share subjects), `metrics.md` and
-/// `metrics.png` into `dir`.
+/// `rows[reference]` subject by subject, when they share subjects), `metrics.md`, `metrics.png`
+/// and, with `paired`, its chart `paired.png` into `dir`.
 pub fn write_tables(
     rows: &[TableRow],
     dir: &Path,
@@ -318,7 +319,8 @@ pub fn write_tables(
 ) -> Result<()> {
     write_text_atomic(&dir.join("metrics.csv"), &to_csv(rows))?;
     let mut json = serde_json::json!({ "meta": meta, "rows": rows });
-    if let Some(p) = paired::compare(rows, reference) {
+    let paired = paired::compare(rows, reference);
+    if let Some(p) = &paired {
         json["paired"] = serde_json::to_value(p)?;
     }
     write_text_atomic(
@@ -329,7 +331,11 @@ pub fn write_tables(
         &dir.join("metrics.md"),
         &to_markdown(rows, notes, reference),
     )?;
-    write_png(&chart(rows, title)?, &dir.join("metrics.png"))
+    write_png(&chart(rows, title)?, &dir.join("metrics.png"))?;
+    match &paired {
+        Some(p) => write_png(&p.chart()?, &dir.join("paired.png")),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
