@@ -155,7 +155,7 @@ impl Paired {
             .rows
             .iter()
             .map(|c| Series {
-                label: format!("{} ({} step{})", c.label, c.steps, plural(c.steps)),
+                label: TableRow::title_of(&c.label, c.steps),
                 values: [c.clip_t, c.clip_i, c.dino]
                     .iter()
                     .map(|d| d.mean.is_finite().then_some((d.mean, d.se.max(0.0))))
@@ -164,10 +164,8 @@ impl Paired {
             .collect();
         let subjects = self.rows.iter().map(|c| c.clip_i.n).max().unwrap_or(0);
         let title = format!(
-            "{} ({} step{}) minus each row, {subjects} subjects",
-            self.reference,
-            self.steps,
-            plural(self.steps)
+            "{} minus each row, {subjects} subjects",
+            TableRow::title_of(&self.reference, self.steps)
         );
         BarChart {
             title: &title,
@@ -184,10 +182,8 @@ impl Paired {
     /// standard error over subjects and on how many subjects the reference is higher.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "\n### Paired by subject: {} ({} step{}) minus each row\n\n",
-            self.reference,
-            self.steps,
-            plural(self.steps)
+            "\n### Paired by subject: {} minus each row\n\n",
+            TableRow::title_of(&self.reference, self.steps)
         );
         out.push_str(
             "Per subject, the reference row's mean minus the other row's; then the mean ± standard \
@@ -210,14 +206,6 @@ impl Paired {
             );
         }
         out
-    }
-}
-
-fn plural(steps: usize) -> &'static str {
-    if steps == 1 {
-        ""
-    } else {
-        "s"
     }
 }
 

@@ -77,14 +77,20 @@ pub struct TableRow {
 }
 
 impl TableRow {
-    /// "label (n steps)".
+    /// "label (n steps)", or the label alone when it names its steps already ("Custom
+    /// Diffusion (teacher, 25 steps)").
     pub fn title(&self) -> String {
-        format!(
-            "{} ({} step{})",
-            self.label,
-            self.steps,
-            if self.steps == 1 { "" } else { "s" }
-        )
+        Self::title_of(&self.label, self.steps)
+    }
+
+    /// [`TableRow::title`] of a row labelled `label` at `steps` steps.
+    pub fn title_of(label: &str, steps: usize) -> String {
+        let n = format!("{steps} step{}", if steps == 1 { "" } else { "s" });
+        if label.contains(&n) {
+            label.to_string()
+        } else {
+            format!("{label} ({n})")
+        }
     }
 }
 
@@ -379,6 +385,13 @@ pub(crate) mod tests {
         assert_eq!(rows[0].overall.clip_t.n, 3);
         assert!((rows[0].subjects["dog"].clip_t.mean - 0.2).abs() < 1e-12);
         assert!((rows[0].subjects["dog"].dino.mean - 0.4).abs() < 1e-12);
+        assert_eq!(rows[2].title(), "A (2 steps)");
+        let named = TableRow {
+            label: "B (teacher, 25 steps)".into(),
+            steps: 25,
+            ..rows[0].clone()
+        };
+        assert_eq!(named.title(), "B (teacher, 25 steps)");
         let md = to_markdown(&rows, &[], 0);
         assert!(md.contains("| A | 1 | 0.300 ± 0.115 |"), "{md}");
         let csv = to_csv(&rows);
