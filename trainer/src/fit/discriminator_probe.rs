@@ -6,15 +6,18 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use tch::{Kind, Tensor};
 
 use super::data::{center_square, load_photos};
-use super::distill::Distiller;
-use crate::device::upload;
+use super::distill::{stack_config, towers_dir};
+use super::run_checkpoint::{self, Contents};
+use crate::checkpoint::LoadOptions;
+use crate::device::{parse_device, parse_kind, upload};
 use crate::eval::metrics::Stat;
 use crate::eval::table::cell;
 use crate::losses::adversarial::REAL;
+use crate::losses::stack::LossStack;
 
 /// Images scored per forward pass.
 const CHUNK: usize = 16;
@@ -40,7 +43,9 @@ pub struct Probe {
 }
 
 /// Loads `run`'s final checkpoint (its config, on `device` when given) and scores every image of
-/// `folders` with its heads. Refuses baselines and runs without discriminators.
+/// `folders` with its heads. Only the towers and the heads are loaded: the two UNets, the VAE
+/// and the text encoder of the fit are not needed to score pixels. Refuses baselines and runs
+/// without discriminators.
 pub fn probe(run: &Path, folders: &[PathBuf], device: Option<&str>) -> Result<Probe> {
     let mut config = super::run_dir::run_config(run)?;
     ensure!(
@@ -57,10 +62,28 @@ pub fn probe(run: &Path, folders: &[PathBuf], device: Option<&str>) -> Result<Pr
     if let Some(d) = device {
         config.device = d.to_string();
     }
+    config.validate()?;
     let side = config.resolution as u32;
-    let mut d = Distiller::new(config)?;
-    d.load_checkpoint(run)?;
-    let ensemble = &d.losses.ensemble;
+    let opts = LoadOptions {
+        device: parse_device(&config.device)?,
+        kind: parse_kind(&config.dtype)?,
+        variant: None,
+    };
+    let stack = LossStack::load(&towers_dir(&config)?, opts, &stack_config(&config))?;
+    let ensemble = &stack.ensemble;
+    let state = run_checkpoint::load(
+        run,
+        Contents {
+            stores: vec![("heads", &ensemble.heads)],
+            optimizers: Vec::new(),
+        },
+    )?;
+    let iteration = state["iteration"].as_u64().with_context(|| {
+        format!(
+            "{}: the checkpoint's state.json has no iteration",
+            run.display()
+        )
+    })? as usize;
     let device = ensemble.heads.device();
     let mut scored = Vec::new();
     for folder in folders {
@@ -97,7 +120,7 @@ pub fn probe(run: &Path, folders: &[PathBuf], device: Option<&str>) -> Result<Pr
             .iter()
             .map(|m| m.backbone.name().to_string())
             .collect(),
-        iteration: d.iteration(),
+        iteration,
         folders: scored,
     })
 }

@@ -455,6 +455,36 @@ impl Phases {
     }
 }
 
+/// The folder of the frozen towers (the discriminators' backbones, the IP encoder).
+pub(crate) fn towers_dir(config: &FitConfig) -> Result<PathBuf> {
+    config.towers.clone().context(
+        "towers: give the folder with dino-v1/, dino-v2/, image_encoder/ and ip-adapter.safetensors",
+    )
+}
+
+/// The student's losses and discriminators as `config` sets them.
+pub(crate) fn stack_config(config: &FitConfig) -> StackConfig {
+    StackConfig {
+        discriminators: config.discriminators.clone(),
+        adversarial: if config.losses.adversarial == "hinge" {
+            AdversarialLoss::Hinge
+        } else {
+            AdversarialLoss::CrossEntropy
+        },
+        normalize: config.normalize_tower_inputs,
+        weights: AlignmentWeights {
+            identity: config.losses.identity,
+            mse: config.losses.mse,
+            swd: config.losses.swd,
+        },
+        adversarial_weight: config.losses.adversarial_weight,
+        dino_v1_size: None,
+        dino_v2_size: Some(config.dino_v2_size),
+        seed: config.seed.wrapping_add(1),
+        swd_scales: config.losses.swd_scales,
+    }
+}
+
 impl Distiller {
     /// Loads the models, adds the tokens, attaches what trains, and reads the photos; refuses
     /// bad input before any training.
@@ -468,10 +498,7 @@ impl Distiller {
 
         let teacher_dir = model_dir(&config.teacher)?;
         let student_dir = model_dir(&config.student)?;
-        let towers = config
-            .towers
-            .clone()
-            .context("towers: give the folder with dino-v1/, dino-v2/, image_encoder/ and ip-adapter.safetensors")?;
+        let towers = towers_dir(&config)?;
         let opts = LoadOptions {
             device,
             kind,
@@ -545,26 +572,7 @@ impl Distiller {
         let mut student_scheduler = Scheduler::new(student_sched);
         student_scheduler.set_timesteps(1)?;
 
-        let stack_config = StackConfig {
-            discriminators: config.discriminators.clone(),
-            adversarial: if config.losses.adversarial == "hinge" {
-                AdversarialLoss::Hinge
-            } else {
-                AdversarialLoss::CrossEntropy
-            },
-            normalize: config.normalize_tower_inputs,
-            weights: AlignmentWeights {
-                identity: config.losses.identity,
-                mse: config.losses.mse,
-                swd: config.losses.swd,
-            },
-            adversarial_weight: config.losses.adversarial_weight,
-            dino_v1_size: None,
-            dino_v2_size: Some(config.dino_v2_size),
-            seed: config.seed.wrapping_add(1),
-            swd_scales: config.losses.swd_scales,
-        };
-        let losses = LossStack::load(&towers, opts, &stack_config)?;
+        let losses = LossStack::load(&towers, opts, &stack_config(&config))?;
 
         // Heads start from the run's generator, not torch's global one, so a seed fixes the run
         // whatever else the process does.
