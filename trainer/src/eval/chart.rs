@@ -211,6 +211,10 @@ impl Layout {
         } else {
             0.0
         };
+        // Beyond the bars' ends a signed axis keeps 6% of the span free for the value labels
+        // above and below them.
+        let pad = 0.06 * (data_max.max(0.0) + below);
+        let below = if below > 0.0 { below + pad } else { 0.0 };
         // Ticks: 5–6 of them from 0. An explicit top is kept as is; an automatic one is
         // rounded up to the last tick so the axis ends on a labelled value.
         let (y_top, step, mut intervals) = match chart.y_max {
@@ -223,7 +227,7 @@ impl Layout {
             }
             None if below > 0.0 => {
                 // Ticks on both sides of zero, 4–6 intervals in all.
-                let top = data_max.max(0.0);
+                let top = data_max.max(0.0) + pad;
                 let count = |s: f64| (top / s - 1e-9).ceil() + (below / s - 1e-9).ceil();
                 let step = pick_step((top + below) / 5.0, |s| (4.0..=6.0).contains(&count(s)));
                 let n = (top / step - 1e-9).ceil().max(0.0);
