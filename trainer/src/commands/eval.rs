@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::Result;
 use trainer::eval::bench_table::{collect, run_units, Manifest};
 use trainer::eval::evaluate_into;
-use trainer::eval::paired;
 use trainer::eval::protocol::EvalSettings;
 use trainer::eval::table::summary_markdown;
 
@@ -111,9 +110,9 @@ pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let rows = collect(&manifest, &args.out)?;
+    let (rows, paired) = collect(&manifest, &args.out)?;
     println!("{}", summary_markdown(&rows, &[]).trim_end());
-    if let Some(p) = paired::compare(&rows, 0) {
+    if let Some(p) = paired {
         println!("{}", p.markdown().trim_end());
     }
     println!(

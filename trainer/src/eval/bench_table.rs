@@ -620,9 +620,13 @@ pub fn run_units(
     Ok(())
 }
 
-/// Merges every cell's scores into `OUT/metrics.{csv,json,md,png}`; refuses while any cell is
-/// unfinished, naming them.
-pub fn collect(manifest: &Manifest, out: &Path) -> Result<Vec<super::table::TableRow>> {
+/// Merges every cell's scores into `OUT/metrics.{csv,json,md,png}` (and `paired.png`); refuses
+/// while any cell is unfinished, naming them. Returns the rows and every row against the
+/// manifest's first, subject by subject.
+pub fn collect(
+    manifest: &Manifest,
+    out: &Path,
+) -> Result<(Vec<super::table::TableRow>, Option<super::paired::Paired>)> {
     let bench = DreamBench::open(&manifest.dataset)?;
     let subjects = manifest.subjects(&bench)?;
     let units = manifest.plan(&subjects);
@@ -666,8 +670,8 @@ pub fn collect(manifest: &Manifest, out: &Path) -> Result<Vec<super::table::Tabl
         super::backbone_note(&manifest.eval.clip, &manifest.eval.dino, prompts, &seeds)
     );
     // The manifest's first method is the one the others are compared with.
-    write_tables(&rows, out, meta, &[note], "DreamBench table", 0)?;
-    Ok(rows)
+    let paired = write_tables(&rows, out, meta, &[note], "DreamBench table", 0)?;
+    Ok((rows, paired))
 }
 
 #[cfg(test)]

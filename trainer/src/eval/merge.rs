@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::paired::{self, Paired};
+use super::paired::{find_reference, Paired};
 use super::table::{write_tables, Metrics, TableRow};
 
 /// Merges tables of disjoint subjects (separate `trainer eval` or `bench-table` outputs) into
@@ -156,7 +156,7 @@ fn metrics_file(path: &Path) -> PathBuf {
 /// Merges the `metrics.json` of `inputs` (files or folders) into `out`'s `metrics.*`. The
 /// inputs must share the protocol (prompts per subject and seeds): pooling images of other
 /// protocols would make a number no protocol gives. Every row is compared subject by subject
-/// with the row `reference` names ([`paired::find_reference`]; default the first row): the
+/// with the row `reference` names ([`find_reference`]; default the first row): the
 /// merged rows and that comparison (none when no row shares two subjects with it) come back.
 pub fn merge_files(
     inputs: &[PathBuf],
@@ -190,7 +190,7 @@ pub fn merge_files(
     };
     let rows = merge(&tables)?;
     let reference = match reference {
-        Some(spec) => paired::find_reference(&rows, spec)?,
+        Some(spec) => find_reference(&rows, spec)?,
         None => 0,
     };
     let subjects: std::collections::BTreeSet<&String> =
@@ -211,8 +211,7 @@ pub fn merge_files(
         meta["inputs"] = serde_json::to_value(inputs)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    write_tables(&rows, out, meta, &[note], "DreamBench table", reference)?;
-    let paired = paired::compare(&rows, reference);
+    let paired = write_tables(&rows, out, meta, &[note], "DreamBench table", reference)?;
     Ok((rows, paired))
 }
 

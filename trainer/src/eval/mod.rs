@@ -72,14 +72,17 @@ pub fn evaluate_into(
         prompts,
         &seeds,
     )];
-    table::write_tables(&rows, out, meta, &notes, "DreamBench", 0)?;
+    let paired = table::write_tables(&rows, out, meta, &notes, "DreamBench", 0)?;
     gallery::write_gallery(
         out,
         &outcome.records,
         "DreamBench evaluation",
         vec![
             ("run".into(), run.display().to_string()),
-            ("table".into(), table::to_markdown(&rows, &notes, 0)),
+            (
+                "table".into(),
+                table::to_markdown(&rows, &notes, paired.as_ref()),
+            ),
         ],
         format!("{settings:#?}"),
     )?;

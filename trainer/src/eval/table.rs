@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chart::{BarChart, Series};
 use super::metrics::Stat;
-use super::paired;
+use super::paired::{self, Paired};
 use super::protocol::ScoreRecord;
 use crate::checkpoint::write_text_atomic;
 use crate::sampling::write_png;
@@ -205,11 +205,11 @@ pub fn summary_markdown(rows: &[TableRow], notes: &[String]) -> String {
     out
 }
 
-/// `metrics.md`: [`summary_markdown`], the rows against `rows[reference]` subject by subject
-/// ([`super::paired`], when they share subjects), then the same numbers per subject.
-pub fn to_markdown(rows: &[TableRow], notes: &[String], reference: usize) -> String {
+/// `metrics.md`: [`summary_markdown`], the rows against a reference row subject by subject
+/// (`paired`, when given), then the same numbers per subject.
+pub fn to_markdown(rows: &[TableRow], notes: &[String], paired: Option<&Paired>) -> String {
     let mut out = summary_markdown(rows, notes);
-    if let Some(p) = paired::compare(rows, reference) {
+    if let Some(p) = paired {
         out.push_str(&p.markdown());
     }
     out.push_str(
@@ -314,7 +314,7 @@ pub fn read_scores(path: &Path) -> Result<Vec<ScoreRecord>> {
 
 /// Writes `metrics.csv`, `metrics.json` (rows, `meta`, and `paired`: every row against
 /// `rows[reference]` subject by subject, when they share subjects), `metrics.md`, `metrics.png`
-/// and, with `paired`, its chart `paired.png` into `dir`.
+/// and, with `paired`, its chart `paired.png` into `dir`. Returns that comparison.
 pub fn write_tables(
     rows: &[TableRow],
     dir: &Path,
@@ -322,7 +322,7 @@ pub fn write_tables(
     notes: &[String],
     title: &str,
     reference: usize,
-) -> Result<()> {
+) -> Result<Option<Paired>> {
     write_text_atomic(&dir.join("metrics.csv"), &to_csv(rows))?;
     let mut json = serde_json::json!({ "meta": meta, "rows": rows });
     let paired = paired::compare(rows, reference);
@@ -335,13 +335,13 @@ pub fn write_tables(
     )?;
     write_text_atomic(
         &dir.join("metrics.md"),
-        &to_markdown(rows, notes, reference),
+        &to_markdown(rows, notes, paired.as_ref()),
     )?;
     write_png(&chart(rows, title)?, &dir.join("metrics.png"))?;
-    match &paired {
-        Some(p) => write_png(&p.chart()?, &dir.join("paired.png")),
-        None => Ok(()),
+    if let Some(p) = &paired {
+        write_png(&p.chart()?, &dir.join("paired.png"))?;
     }
+    Ok(paired)
 }
 
 #[cfg(test)]
@@ -392,7 +392,7 @@ pub(crate) mod tests {
             ..rows[0].clone()
         };
         assert_eq!(named.title(), "B (teacher, 25 steps)");
-        let md = to_markdown(&rows, &[], 0);
+        let md = to_markdown(&rows, &[], None);
         assert!(md.contains("| A | 1 | 0.300 ± 0.115 |"), "{md}");
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 1 + 3 + 2 + 2);
