@@ -78,12 +78,8 @@ pub fn probe(run: &Path, folders: &[PathBuf], device: Option<&str>) -> Result<Pr
             optimizers: Vec::new(),
         },
     )?;
-    let iteration = state["iteration"].as_u64().with_context(|| {
-        format!(
-            "{}: the checkpoint's state.json has no iteration",
-            run.display()
-        )
-    })? as usize;
+    let iteration = run_checkpoint::iteration(&state)
+        .with_context(|| format!("{}: the checkpoint", run.display()))?;
     let device = ensemble.heads.device();
     let mut scored = Vec::new();
     for folder in folders {

@@ -1145,9 +1145,7 @@ impl Distiller {
         self.rng = GaussianRng::from_state(run_checkpoint::rng_state(&state, "rng")?);
         *self.losses.ms_swd.rng_mut() =
             GaussianRng::from_state(run_checkpoint::rng_state(&state, "ms_swd_rng")?);
-        self.iteration = state["iteration"]
-            .as_u64()
-            .context("state.json: no iteration")? as usize;
+        self.iteration = run_checkpoint::iteration(&state)?;
         self.lr_scale = state["lr_scale"].as_f64().unwrap_or(1.0);
         self.recoveries = state["recoveries"].as_u64().unwrap_or(0) as usize;
         self.apply_lr_scale();

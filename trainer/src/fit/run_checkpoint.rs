@@ -110,6 +110,13 @@ pub fn load(run: &Path, contents: Contents<'_>) -> Result<serde_json::Value> {
     Ok(state)
 }
 
+/// The iteration a `state.json` was saved at.
+pub fn iteration(state: &serde_json::Value) -> Result<usize> {
+    Ok(state["iteration"]
+        .as_u64()
+        .context("state.json: no iteration")? as usize)
+}
+
 /// A generator state saved under `key` of `state.json`.
 pub fn rng_state(state: &serde_json::Value, key: &str) -> Result<[u64; 4]> {
     serde_json::from_value(state[key].clone()).with_context(|| format!("state.json: bad {key}"))
