@@ -282,6 +282,14 @@ fn committed_tables_compare_rows_subject_by_subject(
             assert!((got["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
             let higher = d.iter().filter(|x| **x > 0.0).count();
             assert_eq!(got["higher"], higher, "{} {metric}", row["label"]);
+            let lower = d.iter().filter(|x| **x < 0.0).count();
+            assert_eq!(got["lower"], lower, "{} {metric}", row["label"]);
+            // The sign test's tail with exact integer binomial coefficients.
+            let m = (higher + lower) as u128;
+            let choose = |k: u128| (0..k).fold(1u128, |c, i| c * (m - i) / (i + 1));
+            let tail: u128 = (0..=higher.min(lower) as u128).map(choose).sum();
+            let p = (2.0 * tail as f64 / 2f64.powi(m as i32)).min(1.0);
+            assert!((got["sign_p"].as_f64().unwrap() - p).abs() < 1e-12);
         }
     }
     let md = std::fs::read_to_string(out.join("metrics.md")).unwrap();

@@ -171,7 +171,8 @@ pub struct MergeTablesArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// The row every other row is compared with, subject by subject (mean difference ± its
-    /// standard error over subjects, and on how many subjects it is higher): a method's label,
+    /// standard error over subjects, on how many subjects it is higher, and the sign test of
+    /// that count): a method's label,
     /// or LABEL@STEPS. Default: the table's first row.
     #[arg(long, value_name = "LABEL")]
     pub reference: Option<String>,

@@ -6,8 +6,9 @@
 //! far more than the images of one subject vary, and a claim such as "EchoDistill beats every
 //! baseline in CLIP-I" is a claim about subjects. So each row is compared with the reference
 //! subject by subject: per subject, the reference's mean minus the row's; then the mean and
-//! standard error of those differences over the subjects (a paired comparison), and on how many
-//! subjects the reference is higher.
+//! standard error of those differences over the subjects (a paired comparison), on how many
+//! subjects the reference is higher, and the exact sign test of that count: with 8 subjects,
+//! "higher on 6" happens by chance alone 29% of the time (p 0.29), "on 8" less than 1%.
 
 use std::fmt::Write as _;
 
@@ -27,6 +28,12 @@ pub struct PairedDiff {
     pub se: f64,
     /// Subjects on which the reference's mean is strictly higher.
     pub higher: usize,
+    /// Subjects on which it is strictly lower (the rest are ties).
+    pub lower: usize,
+    /// Two-sided exact sign test of `higher` against `lower` (ties dropped): the chance of a
+    /// split at least this uneven if, on every subject, either row were as likely to be higher.
+    /// Robust to the one outlying subject a mean ± SE is not.
+    pub sign_p: f64,
     /// Subjects compared.
     pub n: usize,
 }
@@ -35,20 +42,56 @@ impl PairedDiff {
     fn of(pairs: &[(f64, f64)]) -> Self {
         let d: Vec<f64> = pairs.iter().map(|(r, o)| r - o).collect();
         let s = Stat::of(&d);
+        let higher = d.iter().filter(|x| **x > 0.0).count();
+        let lower = d.iter().filter(|x| **x < 0.0).count();
         Self {
             mean: s.mean,
             se: s.se,
-            higher: d.iter().filter(|x| **x > 0.0).count(),
+            higher,
+            lower,
+            sign_p: sign_test(higher, lower),
             n: d.len(),
         }
     }
 
-    /// "+0.050 ± 0.020 (5/6)".
+    /// "+0.050 ± 0.020 (5/6, p 0.22)".
     pub fn cell(&self) -> String {
         format!(
-            "{:+.3} ± {:.3} ({}/{})",
-            self.mean, self.se, self.higher, self.n
+            "{:+.3} ± {:.3} ({}/{}, p {})",
+            self.mean,
+            self.se,
+            self.higher,
+            self.n,
+            format_p(self.sign_p)
         )
+    }
+}
+
+/// Two-sided exact sign test: P(a Binomial(a + b, ½) count at most min(a, b) or at least
+/// max(a, b)), 1 when there is nothing to test.
+pub fn sign_test(a: usize, b: usize) -> f64 {
+    let m = a + b;
+    let k = a.min(b);
+    // C(m, i) / 2^m summed in f64: exact enough for any table (m is a subject count).
+    let mut term = 0.5f64.powi(m as i32);
+    let mut tail = 0.0;
+    for i in 0..=k {
+        if i > 0 {
+            term *= (m - i + 1) as f64 / i as f64;
+        }
+        tail += term;
+    }
+    (2.0 * tail).min(1.0)
+}
+
+/// Three decimals below 0.1, two above, and no false precision near 0.
+fn format_p(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else if p < 0.1 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.2}")
     }
 }
 
@@ -188,8 +231,10 @@ impl Paired {
         out.push_str(
             "Per subject, the reference row's mean minus the other row's; then the mean ± standard \
              error of those differences over the subjects both rows have (the spread between \
-             subjects, which the image-level errors above leave out), and (k/n): on k of the n \
-             subjects the reference row is higher.\n\n",
+             subjects, which the image-level errors above leave out), and (k/n, p): on k of the \
+             n subjects the reference row is higher, and p the two-sided exact sign test of that \
+             count (ties dropped; each p stands alone, uncorrected for the table's many \
+             comparisons).\n\n",
         );
         out.push_str("| Method | Steps | Subjects | Δ CLIP-T | Δ CLIP-I | Δ DINO |\n");
         out.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
@@ -268,6 +313,7 @@ mod tests {
         assert_eq!((slow.label.as_str(), slow.steps), ("Ours", 25));
         assert!((slow.clip_t.mean - 0.1).abs() < 1e-12);
         assert_eq!((slow.clip_t.higher, slow.clip_t.n), (1, 2));
+        assert_eq!((slow.clip_t.lower, slow.clip_t.sign_p), (0, 1.0));
 
         let md = p.markdown();
         assert!(
@@ -275,7 +321,9 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| Base | 1 | 3 | +0.100 ± 0.115 (2/3) | +0.200 ± 0.231 (2/3) |"),
+            md.contains(
+                "| Base | 1 | 3 | +0.100 ± 0.115 (2/3, p 1.00) | +0.200 ± 0.231 (2/3, p 1.00) |"
+            ),
             "{md}"
         );
         assert!(!md.contains("| Lone |"), "{md}");
@@ -289,6 +337,40 @@ mod tests {
         // One subject each: nothing to compare.
         assert!(compare(&[row("A", 1, &[("a", 1.0)]), row("B", 1, &[("a", 0.0)])], 0).is_none());
         assert!(compare(&rows, 9).is_none());
+    }
+
+    /// Against the binomial tail summed with exact integers (Python's `math.comb`), which is
+    /// also what `scipy.stats.binomtest(k, n).pvalue` gives for p = ½.
+    #[test]
+    fn the_sign_test_is_the_exact_binomial_tail() {
+        let cases = [
+            ((7, 1), 0.0703125),
+            ((1, 7), 0.0703125),
+            ((6, 2), 0.2890625),
+            ((2, 1), 1.0),
+            ((4, 4), 1.0),
+            ((5, 0), 0.0625),
+            ((20, 10), 0.09873714670538902),
+            ((25, 5), 0.00032491423189640045),
+            ((30, 0), 1.862645149230957e-09),
+            ((0, 0), 1.0),
+        ];
+        for ((a, b), want) in cases {
+            let got = sign_test(a, b);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1e-9),
+                "{a}/{b}: {got} {want}"
+            );
+        }
+        assert_eq!(format_p(0.0703125), "0.070");
+        assert_eq!(format_p(0.2890625), "0.29");
+        assert_eq!(format_p(0.0078125), "0.008");
+        assert_eq!(format_p(1.862645149230957e-09), "< 0.001");
+        // A tie is neither higher nor lower, and drops out of the test.
+        let d = PairedDiff::of(&[(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (0.5, 0.5), (0.0, 1.0)]);
+        assert_eq!((d.higher, d.lower, d.n), (3, 1, 5));
+        assert_eq!(d.sign_p, sign_test(3, 1));
+        assert_eq!(d.cell(), "+0.400 ± 0.400 (3/5, p 0.62)");
     }
 
     #[test]
