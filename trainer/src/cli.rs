@@ -172,8 +172,7 @@ pub struct MergeTablesArgs {
     pub out: PathBuf,
     /// The row every other row is compared with, subject by subject (mean difference ± its
     /// standard error over subjects, on how many subjects it is higher, and the sign test of
-    /// that count): a method's label,
-    /// or LABEL@STEPS. Default: the table's first row.
+    /// that count): a method's label, or LABEL@STEPS. Default: the table's first row.
     #[arg(long, value_name = "LABEL")]
     pub reference: Option<String>,
 }

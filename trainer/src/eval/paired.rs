@@ -7,8 +7,9 @@
 //! baseline in CLIP-I" is a claim about subjects. So each row is compared with the reference
 //! subject by subject: per subject, the reference's mean minus the row's; then the mean and
 //! standard error of those differences over the subjects (a paired comparison), on how many
-//! subjects the reference is higher, and the exact sign test of that count: with 8 subjects,
-//! "higher on 6" happens by chance alone 29% of the time (p 0.29), "on 8" less than 1%.
+//! subjects the reference is higher, and the exact sign test of that count: with 8 subjects, a
+//! split of 6 to 2 or more uneven, either way, happens by chance alone 29% of the time (p 0.29),
+//! 8 to 0 less than 1%.
 
 use std::fmt::Write as _;
 
