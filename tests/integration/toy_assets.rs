@@ -247,6 +247,73 @@ fn committed_toy_tables_record_the_committed_models_and_merge() {
     assert_eq!(read()["paired"]["reference"], "LoRA");
     let o = tests::merge_tables(out.path(), &tables, &["--reference", "LoRA@4"]);
     crate::fit::assert_refused(&o, "--reference \"LoRA@4\" names no row of the table");
+    committed_tables_give_the_best_baseline_per_subject(out.path(), &tables);
+}
+
+/// `merge-tables --versus` on the committed toy tables (the per-subject table of
+/// docs/toy-world.md): each subject's best one-step baseline, recomputed here from the rows.
+fn committed_tables_give_the_best_baseline_per_subject(out: &Path, tables: &[PathBuf]) {
+    let baselines = [
+        "Custom Diffusion@1",
+        "Textual Inversion",
+        "DreamBooth",
+        "LoRA",
+    ];
+    let mut args = Vec::new();
+    for b in baselines {
+        args.extend(["--versus", b]);
+    }
+    let o = tests::merge_tables(out, tables, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let merged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let rows = merged["rows"].as_array().unwrap();
+    let best = &merged["best_of"];
+    assert_eq!(best["reference"], "EchoDistill (distillation)");
+    let subjects = best["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), tables.len());
+    let mean = |label: &str, subject: &str, metric: &str| -> f64 {
+        let row = rows
+            .iter()
+            .find(|r| r["label"] == label && r["steps"] == 1)
+            .unwrap();
+        row["subjects"][subject][metric]["mean"].as_f64().unwrap()
+    };
+    let mut above = BTreeMap::new();
+    for s in subjects {
+        let subject = s["subject"].as_str().unwrap();
+        for metric in ["clip_i", "dino"] {
+            let (label, top) = [
+                "Custom Diffusion",
+                "Textual Inversion",
+                "DreamBooth",
+                "LoRA",
+            ]
+            .into_iter()
+            .map(|l| (l, mean(l, subject, metric)))
+            .fold(
+                ("", f64::NEG_INFINITY),
+                |a, b| if b.1 > a.1 { b } else { a },
+            );
+            let got = &s[format!("best_{metric}")];
+            assert_eq!(got["label"], label, "{subject} {metric}");
+            assert_eq!(got["mean"].as_f64().unwrap(), top, "{subject} {metric}");
+            let mine = mean("EchoDistill (distillation)", subject, metric);
+            assert_eq!(s[metric].as_f64().unwrap(), mine);
+            *above.entry(metric).or_insert(0usize) += usize::from(mine > top);
+        }
+    }
+    assert_eq!(best["above_clip_i"], above["clip_i"]);
+    assert_eq!(best["above_dino"], above["dino"]);
+    let md = std::fs::read_to_string(out.join("metrics.md")).unwrap();
+    assert!(
+        md.contains("### Per subject: EchoDistill (distillation) (1 step) against the best of Custom Diffusion (1 step), Textual Inversion (1 step), DreamBooth (1 step), LoRA (1 step)"),
+        "{md}"
+    );
+    let o = tests::merge_tables(out, tables, &["--versus", "EchoDistill (distillation)@1"]);
+    crate::fit::assert_refused(&o, "names the reference row itself");
+    let o = tests::merge_tables(out, tables, &["--versus", "LoRA@4"]);
+    crate::fit::assert_refused(&o, "--versus \"LoRA@4\" names no row of the table");
 }
 
 /// The merged toy table compares every row with the manifest's first (EchoDistill's one-step

@@ -175,6 +175,12 @@ pub struct MergeTablesArgs {
     /// that count): a method's label, or LABEL@STEPS. Default: the table's first row.
     #[arg(long, value_name = "LABEL")]
     pub reference: Option<String>,
+    /// A row to pick the best of per subject (repeat it: `--versus "Custom Diffusion" --versus
+    /// LoRA`), named as --reference is: a section then shows, for every subject, the
+    /// reference beside the highest CLIP-I and DINO among these rows, and on how many subjects
+    /// the reference is above them all.
+    #[arg(long, value_name = "LABEL")]
+    pub versus: Vec<String>,
 }
 
 /// What `trainer eval` and `trainer bench-eval` share: the dataset, the backbones, the protocol.

@@ -124,11 +124,18 @@ pub fn bench_table(args: &BenchTableArgs) -> Result<()> {
 
 /// `trainer merge-tables`: one table from tables of disjoint subjects.
 pub fn merge_tables(args: &MergeTablesArgs) -> Result<()> {
-    let (rows, paired) =
-        trainer::eval::merge::merge_files(&args.tables, &args.out, args.reference.as_deref())?;
-    println!("{}", summary_markdown(&rows, &[]).trim_end());
-    if let Some(p) = paired {
+    let merged = trainer::eval::merge::merge_files(
+        &args.tables,
+        &args.out,
+        args.reference.as_deref(),
+        &args.versus,
+    )?;
+    println!("{}", summary_markdown(&merged.rows, &[]).trim_end());
+    if let Some(p) = merged.paired {
         println!("{}", p.markdown().trim_end());
+    }
+    if let Some(b) = merged.best {
+        println!("{}", b.markdown().trim_end());
     }
     println!(
         "wrote {}: metrics.md, metrics.csv, metrics.json, metrics.png",

@@ -21,7 +21,7 @@ use super::dreambench::DreamBench;
 use super::fingerprint;
 use super::gallery::slug;
 use super::protocol::{EvalSettings, ScoreRecord};
-use super::table::{aggregate, read_scores, write_tables};
+use super::table::{aggregate, read_scores, write_tables, Comparisons};
 use crate::checkpoint::LoadOptions;
 use crate::fit::config::FitConfig;
 use crate::fit::runner::{run, RunOptions, RunOutcome};
@@ -670,7 +670,14 @@ pub fn collect(
         super::backbone_note(&manifest.eval.clip, &manifest.eval.dino, prompts, &seeds)
     );
     // The manifest's first method is the one the others are compared with.
-    let paired = write_tables(&rows, out, meta, &[note], "DreamBench table", 0)?;
+    let (paired, _) = write_tables(
+        &rows,
+        out,
+        meta,
+        &[note],
+        "DreamBench table",
+        Comparisons::default(),
+    )?;
     Ok((rows, paired))
 }
 

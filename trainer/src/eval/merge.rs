@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::best_of::BestOf;
 use super::paired::{find_reference, Paired};
-use super::table::{write_tables, Metrics, TableRow};
+use super::table::{write_tables, Comparisons, Metrics, TableRow};
 
 /// Merges tables of disjoint subjects (separate `trainer eval` or `bench-table` outputs) into
 /// one: rows in order of first appearance, each subject's numbers as they were, the overall
@@ -156,13 +157,14 @@ fn metrics_file(path: &Path) -> PathBuf {
 /// Merges the `metrics.json` of `inputs` (files or folders) into `out`'s `metrics.*`. The
 /// inputs must share the protocol (prompts per subject and seeds): pooling images of other
 /// protocols would make a number no protocol gives. Every row is compared subject by subject
-/// with the row `reference` names ([`find_reference`]; default the first row): the
-/// merged rows and that comparison (none when no row shares two subjects with it) come back.
+/// with the row `reference` names ([`find_reference`]; default the first row), and, when
+/// `versus` names rows (the same way), the reference against the best of them on each subject.
 pub fn merge_files(
     inputs: &[PathBuf],
     out: &Path,
     reference: Option<&str>,
-) -> Result<(Vec<TableRow>, Option<Paired>)> {
+    versus: &[String],
+) -> Result<Merged> {
     let mut tables = Vec::new();
     let mut protocol: Option<(String, serde_json::Value, serde_json::Value)> = None;
     let mut seen_inputs = SeenInputs::default();
@@ -190,9 +192,21 @@ pub fn merge_files(
     };
     let rows = merge(&tables)?;
     let reference = match reference {
-        Some(spec) => find_reference(&rows, spec)?,
+        Some(spec) => find_reference(&rows, spec, "--reference")?,
         None => 0,
     };
+    let versus = versus
+        .iter()
+        .map(|spec| {
+            let i = find_reference(&rows, spec, "--versus")?;
+            if i == reference {
+                bail!(
+                    "--versus {spec:?} names the reference row itself: name the rows to compare it with"
+                );
+            }
+            Ok(i)
+        })
+        .collect::<Result<Vec<usize>>>()?;
     let subjects: std::collections::BTreeSet<&String> =
         rows.iter().flat_map(|r| r.subjects.keys()).collect();
     let note = format!(
@@ -211,8 +225,29 @@ pub fn merge_files(
         meta["inputs"] = serde_json::to_value(inputs)?;
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let paired = write_tables(&rows, out, meta, &[note], "DreamBench table", reference)?;
-    Ok((rows, paired))
+    let (paired, best) = write_tables(
+        &rows,
+        out,
+        meta,
+        &[note],
+        "DreamBench table",
+        Comparisons {
+            reference,
+            versus: &versus,
+        },
+    )?;
+    Ok(Merged { rows, paired, best })
+}
+
+/// What [`merge_files`] merged and compared.
+pub struct Merged {
+    /// The merged rows.
+    pub rows: Vec<TableRow>,
+    /// Every row against the reference, subject by subject (none when no row shares two
+    /// subjects with it).
+    pub paired: Option<Paired>,
+    /// The reference against the best of the `versus` rows per subject (none without them).
+    pub best: Option<BestOf>,
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! ([`dreambench`]), the metric backbones and the metrics ([`metrics`]), generating and scoring
 //! one run on one subject ([`protocol`]), the tables and the bar chart ([`table`], [`chart`]),
 //! and the browsable image grids ([`gallery`]); the whole table over methods and subjects,
-//! resumable and shardable ([`bench_table`]), the fingerprints of their inputs ([`fingerprint`]), and tables of disjoint subjects merged into one
-//! ([`merge`]).
+//! resumable and shardable ([`bench_table`]), the fingerprints of their inputs ([`fingerprint`]), tables of disjoint subjects merged into one
+//! ([`merge`]), and their rows compared subject by subject ([`paired`], [`best_of`]).
 
 pub mod bench_table;
+pub mod best_of;
 pub mod chart;
 pub mod dreambench;
 pub mod fingerprint;
@@ -72,7 +73,14 @@ pub fn evaluate_into(
         prompts,
         &seeds,
     )];
-    let paired = table::write_tables(&rows, out, meta, &notes, "DreamBench", 0)?;
+    let (paired, best) = table::write_tables(
+        &rows,
+        out,
+        meta,
+        &notes,
+        "DreamBench",
+        table::Comparisons::default(),
+    )?;
     gallery::write_gallery(
         out,
         &outcome.records,
@@ -81,7 +89,7 @@ pub fn evaluate_into(
             ("run".into(), run.display().to_string()),
             (
                 "table".into(),
-                table::to_markdown(&rows, &notes, paired.as_ref()),
+                table::to_markdown(&rows, &notes, paired.as_ref(), best.as_ref()),
             ),
         ],
         format!("{settings:#?}"),

@@ -165,8 +165,9 @@ pub fn compare(rows: &[TableRow], reference: usize) -> Option<Paired> {
 
 /// The index of the row `spec` names: a label ("EchoDistill (distillation)"), the first row with
 /// it in table order, or a label and a step count ("Custom Diffusion@25"). Unknown names are
-/// refused with the table's rows listed.
-pub fn find_reference(rows: &[TableRow], spec: &str) -> Result<usize> {
+/// refused with the table's rows listed, the message starting with `flag` (the option that
+/// named the row).
+pub fn find_reference(rows: &[TableRow], spec: &str, flag: &str) -> Result<usize> {
     let (label, steps) = match spec
         .rsplit_once('@')
         .and_then(|(l, s)| Some((l.trim(), s.trim().parse::<usize>().ok()?)))
@@ -185,7 +186,7 @@ pub fn find_reference(rows: &[TableRow], spec: &str) -> Result<usize> {
         .map(|r| format!("{}@{}", r.label, r.steps))
         .collect();
     bail!(
-        "--reference {spec:?} names no row of the table; its rows are: {}",
+        "{flag} {spec:?} names no row of the table; its rows are: {}",
         known.join(", ")
     )
 }
@@ -256,7 +257,7 @@ impl Paired {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
@@ -269,7 +270,7 @@ mod tests {
     }
 
     /// A row whose subjects' CLIP-T, CLIP-I and DINO means are `v`, `2v` and `3v`.
-    fn row(label: &str, steps: usize, subjects: &[(&str, f64)]) -> TableRow {
+    pub(crate) fn row(label: &str, steps: usize, subjects: &[(&str, f64)]) -> TableRow {
         let m = |v: f64| Metrics {
             clip_t: stat(v),
             clip_i: stat(2.0 * v),
@@ -381,12 +382,20 @@ mod tests {
             row("Ours", 25, &[("a", 0.5)]),
             row("Custom Diffusion @ home", 1, &[("a", 0.5)]),
         ];
-        assert_eq!(find_reference(&rows, "Ours").unwrap(), 0);
-        assert_eq!(find_reference(&rows, "Ours@25").unwrap(), 1);
-        assert_eq!(find_reference(&rows, " Ours @ 25 ").unwrap(), 1);
+        assert_eq!(find_reference(&rows, "Ours", "--reference").unwrap(), 0);
+        assert_eq!(find_reference(&rows, "Ours@25", "--reference").unwrap(), 1);
+        assert_eq!(
+            find_reference(&rows, " Ours @ 25 ", "--reference").unwrap(),
+            1
+        );
         // An "@" not followed by a number is part of the label.
-        assert_eq!(find_reference(&rows, "Custom Diffusion @ home").unwrap(), 2);
-        let e = find_reference(&rows, "Ours@4").unwrap_err().to_string();
+        assert_eq!(
+            find_reference(&rows, "Custom Diffusion @ home", "--reference").unwrap(),
+            2
+        );
+        let e = find_reference(&rows, "Ours@4", "--reference")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("\"Ours@4\" names no row") && e.contains("Ours@1, Ours@25"),
             "{e}"

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::best_of::{self, BestOf};
 use super::chart::{BarChart, Series};
 use super::metrics::Stat;
 use super::paired::{self, Paired};
@@ -207,10 +208,18 @@ pub fn summary_markdown(rows: &[TableRow], notes: &[String]) -> String {
 
 /// `metrics.md`: [`summary_markdown`], the rows against a reference row subject by subject
 /// (`paired`, when given), then the same numbers per subject.
-pub fn to_markdown(rows: &[TableRow], notes: &[String], paired: Option<&Paired>) -> String {
+pub fn to_markdown(
+    rows: &[TableRow],
+    notes: &[String],
+    paired: Option<&Paired>,
+    best: Option<&BestOf>,
+) -> String {
     let mut out = summary_markdown(rows, notes);
     if let Some(p) = paired {
         out.push_str(&p.markdown());
+    }
+    if let Some(b) = best {
+        out.push_str(&b.markdown());
     }
     out.push_str(
         "\n### Per subject\n\n| Subject | Method | Steps | CLIP-T | CLIP-I | DINO | Images | CLIP-self |\n",
@@ -312,22 +321,36 @@ pub fn read_scores(path: &Path) -> Result<Vec<ScoreRecord>> {
         .collect()
 }
 
-/// Writes `metrics.csv`, `metrics.json` (rows, `meta`, and `paired`: every row against
-/// `rows[reference]` subject by subject, when they share subjects), `metrics.md`, `metrics.png`
-/// and, with `paired`, its chart `paired.png` into `dir`. Returns that comparison.
+/// Which rows the written tables compare.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Comparisons<'a> {
+    /// Every other row is compared with this one, subject by subject ([`paired`]).
+    pub reference: usize,
+    /// Per subject, the reference against the best of these rows ([`best_of`]); none when empty.
+    pub versus: &'a [usize],
+}
+
+/// Writes `metrics.csv`, `metrics.json` (rows, `meta`, `paired`: every row against the
+/// reference subject by subject, when they share subjects, and `best_of`: the reference against
+/// the best of `versus` per subject), `metrics.md`, `metrics.png` and, with `paired`, its chart
+/// `paired.png` into `dir`. Returns those comparisons.
 pub fn write_tables(
     rows: &[TableRow],
     dir: &Path,
     meta: serde_json::Value,
     notes: &[String],
     title: &str,
-    reference: usize,
-) -> Result<Option<Paired>> {
+    compare: Comparisons,
+) -> Result<(Option<Paired>, Option<BestOf>)> {
     write_text_atomic(&dir.join("metrics.csv"), &to_csv(rows))?;
     let mut json = serde_json::json!({ "meta": meta, "rows": rows });
-    let paired = paired::compare(rows, reference);
+    let paired = paired::compare(rows, compare.reference);
     if let Some(p) = &paired {
         json["paired"] = serde_json::to_value(p)?;
+    }
+    let best = best_of::best_of(rows, compare.reference, compare.versus);
+    if let Some(b) = &best {
+        json["best_of"] = serde_json::to_value(b)?;
     }
     write_text_atomic(
         &dir.join("metrics.json"),
@@ -335,13 +358,13 @@ pub fn write_tables(
     )?;
     write_text_atomic(
         &dir.join("metrics.md"),
-        &to_markdown(rows, notes, paired.as_ref()),
+        &to_markdown(rows, notes, paired.as_ref(), best.as_ref()),
     )?;
     write_png(&chart(rows, title)?, &dir.join("metrics.png"))?;
     if let Some(p) = &paired {
         write_png(&p.chart()?, &dir.join("paired.png"))?;
     }
-    Ok(paired)
+    Ok((paired, best))
 }
 
 #[cfg(test)]
@@ -392,7 +415,7 @@ pub(crate) mod tests {
             ..rows[0].clone()
         };
         assert_eq!(named.title(), "B (teacher, 25 steps)");
-        let md = to_markdown(&rows, &[], None);
+        let md = to_markdown(&rows, &[], None, None);
         assert!(md.contains("| A | 1 | 0.300 ± 0.115 |"), "{md}");
         let csv = to_csv(&rows);
         assert_eq!(csv.lines().count(), 1 + 3 + 2 + 2);
