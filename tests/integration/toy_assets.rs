@@ -254,15 +254,16 @@ fn committed_toy_tables_record_the_committed_models_and_merge() {
 /// docs/toy-world.md): each subject's best one-step baseline, recomputed here from the rows.
 fn committed_tables_give_the_best_baseline_per_subject(out: &Path, tables: &[PathBuf]) {
     let baselines = [
-        "Custom Diffusion@1",
+        "Custom Diffusion",
         "Textual Inversion",
         "DreamBooth",
         "LoRA",
     ];
     let mut args = Vec::new();
     for b in baselines {
-        args.extend(["--versus", b]);
+        args.extend(["--versus".to_string(), format!("{b}@1")]);
     }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = tests::merge_tables(out, tables, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let merged: serde_json::Value =
@@ -283,18 +284,13 @@ fn committed_tables_give_the_best_baseline_per_subject(out: &Path, tables: &[Pat
     for s in subjects {
         let subject = s["subject"].as_str().unwrap();
         for metric in ["clip_i", "dino"] {
-            let (label, top) = [
-                "Custom Diffusion",
-                "Textual Inversion",
-                "DreamBooth",
-                "LoRA",
-            ]
-            .into_iter()
-            .map(|l| (l, mean(l, subject, metric)))
-            .fold(
-                ("", f64::NEG_INFINITY),
-                |a, b| if b.1 > a.1 { b } else { a },
-            );
+            let (label, top) = baselines
+                .into_iter()
+                .map(|l| (l, mean(l, subject, metric)))
+                .fold(
+                    ("", f64::NEG_INFINITY),
+                    |a, b| if b.1 > a.1 { b } else { a },
+                );
             let got = &s[format!("best_{metric}")];
             assert_eq!(got["label"], label, "{subject} {metric}");
             assert_eq!(got["mean"].as_f64().unwrap(), top, "{subject} {metric}");

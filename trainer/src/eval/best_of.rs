@@ -65,12 +65,15 @@ pub struct BestOf {
 /// first in the table.
 pub fn best_of(rows: &[TableRow], reference: usize, versus: &[usize]) -> Option<BestOf> {
     let base = rows.get(reference)?;
-    let mut others: Vec<&TableRow> = versus
+    // The compared rows once each, in the table's order (which decides ties).
+    let mut ordered: Vec<usize> = versus
         .iter()
-        .filter(|&&i| i != reference)
-        .filter_map(|&i| rows.get(i))
+        .copied()
+        .filter(|&i| i != reference && i < rows.len())
         .collect();
-    others.dedup_by(|a, b| std::ptr::eq(*a, *b));
+    ordered.sort_unstable();
+    ordered.dedup();
+    let others: Vec<&TableRow> = ordered.iter().map(|&i| &rows[i]).collect();
     let pick = |subject: &str, f: fn(&super::table::Metrics) -> f64| -> Option<Best> {
         let mut best: Option<Best> = None;
         for row in &others {
@@ -104,13 +107,10 @@ pub fn best_of(rows: &[TableRow], reference: usize, versus: &[usize]) -> Option<
     if subjects.is_empty() {
         return None;
     }
-    let mut ordered: Vec<usize> = versus.iter().copied().filter(|&i| i != reference).collect();
-    ordered.sort_unstable();
-    ordered.dedup();
     Some(BestOf {
         reference: base.label.clone(),
         steps: base.steps,
-        versus: ordered.iter().map(|&i| rows[i].title()).collect(),
+        versus: others.iter().map(|r| r.title()).collect(),
         above_clip_i: subjects
             .iter()
             .filter(|s| s.clip_i > s.best_clip_i.mean)
@@ -197,6 +197,8 @@ mod tests {
         assert_eq!(b.subjects[0].best_clip_i.label, "CD");
         assert_eq!(b.subjects[0].best_clip_i.steps, 25);
         let b = best_of(&rows, 0, &[1, 2]).unwrap();
+        // The rows are taken once each in the table's order, whatever order they are named in.
+        assert_eq!(best_of(&rows, 0, &[2, 1, 2, 0]).as_ref(), Some(&b));
         let best: Vec<(&str, f64)> = b
             .subjects
             .iter()

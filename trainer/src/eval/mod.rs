@@ -2,8 +2,9 @@
 //! ([`dreambench`]), the metric backbones and the metrics ([`metrics`]), generating and scoring
 //! one run on one subject ([`protocol`]), the tables and the bar chart ([`table`], [`chart`]),
 //! and the browsable image grids ([`gallery`]); the whole table over methods and subjects,
-//! resumable and shardable ([`bench_table`]), the fingerprints of their inputs ([`fingerprint`]), tables of disjoint subjects merged into one
-//! ([`merge`]), and their rows compared subject by subject ([`paired`], [`best_of`]).
+//! resumable and shardable ([`bench_table`]), the fingerprints of their inputs
+//! ([`fingerprint`]), tables of disjoint subjects merged into one ([`merge`]), and their rows
+//! compared subject by subject ([`paired`], [`best_of`]).
 
 pub mod bench_table;
 pub mod best_of;
